@@ -1,0 +1,1 @@
+"""The project's own toy base/RLVR pair: task, tokenizer and training pipeline."""
