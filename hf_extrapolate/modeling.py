@@ -75,7 +75,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     ``forward`` returns extrapolated *log-probabilities* as ``logits`` at every position (full or selective
     mode, see `ExtrapolationConfig`), so `generate` (greedy, sampling, beam search), `output_scores` and
     log-likelihood evaluation all work on the extrapolated policy. Both models keep their own cache inside
-    one `PairCache`. Tokens beyond the shared vocabulary get −inf.
+    one `PairCache`. Tokens beyond the shared vocabulary get −inf. The models are ``.rl`` and ``.base``
+    (``.base_model`` is transformers' name for the backbone, here the RL model).
 
     Example:
 
@@ -90,7 +91,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     """
 
     config_class = ExtrapolatedConfig
-    base_model_prefix = "rl_model"
+    base_model_prefix = "rl"
     main_input_name = "input_ids"
     _supports_sdpa = True
 
@@ -120,7 +121,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             is_encoder_decoder=False,
         )
         super().__init__(config)
-        self.rl_model, self.base_model = rl_model, base_model
+        self.rl, self.base = rl_model, base_model
         self.extrapolation = extrapolation
         self.tokenizer = tokenizer
         self.vocab_width = shared_vocab_size(rl_width, base_width, len(tokenizer) if tokenizer is not None else None)
@@ -128,18 +129,18 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
 
     # -- transformers plumbing -------------------------------------------------------------------------
     def get_input_embeddings(self) -> torch.nn.Module:
-        return self.rl_model.get_input_embeddings()
+        return self.rl.get_input_embeddings()
 
     def get_output_embeddings(self) -> torch.nn.Module:
-        return self.rl_model.get_output_embeddings()
+        return self.rl.get_output_embeddings()
 
     @property
     def device(self) -> torch.device:
-        return model_device(self.rl_model)
+        return model_device(self.rl)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.rl_model.dtype
+        return self.rl.dtype
 
     def forward(
         self,
@@ -169,7 +170,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
                 **{k: v.to(model_device(model)) if v is not None else None for k, v in inputs.items()},
                 cache=sub_cache, use_cache=use_cache, logits_to_keep=logits_to_keep,
             ).logits
-            for model, sub_cache in zip((self.rl_model, self.base_model), caches)
+            for model, sub_cache in zip((self.rl, self.base), caches)
         )  # fmt: skip
         base_logits = base_logits.to(rl_logits.device)
         width = self.vocab_width
@@ -183,7 +184,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logp, cache=cache if use_cache else None)
 
     def new_cache(self) -> PairCache:
-        return PairCache(DynamicCache(config=self.rl_model.config), DynamicCache(config=self.base_model.config))
+        return PairCache(DynamicCache(config=self.rl.config), DynamicCache(config=self.base.config))
 
     def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any):
         if generation_config.cache_implementation not in (None, "dynamic"):
@@ -203,11 +204,11 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        names = {"rl": self.rl_model.name_or_path, "base": self.base_model.name_or_path}
+        names = {"rl": self.rl.name_or_path, "base": self.base.name_or_path}
         if embed_models is None:
             embed_models = not all(names.values())
         if embed_models:
-            for role, model in (("rl", self.rl_model), ("base", self.base_model)):
+            for role, model in (("rl", self.rl), ("base", self.base)):
                 model.save_pretrained(out / role, **kwargs)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(out / role)
