@@ -9,7 +9,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForCausalLM, Cache, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Cache,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig
@@ -215,18 +223,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             names = {"rl": "rl", "base": "base"}
         else:
             names = {k: str(Path(v).resolve()) if Path(v).is_dir() else v for k, v in names.items()}
-        self.config.rl_model_name_or_path, self.config.base_model_name_or_path = names["rl"], names["base"]
-        self.config.extrapolation = self.extrapolation.to_dict()
-        self.config.architectures = [type(self).__name__]
-        self.config.auto_map = {
-            "AutoConfig": f"{SHIM_FILE[:-3]}.ExtrapolatedConfig",
-            "AutoModelForCausalLM": f"{SHIM_FILE[:-3]}.ExtrapolatedForCausalLM",
-        }
-        self.config.save_pretrained(out)
-        self.generation_config.save_pretrained(out)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
-        (out / SHIM_FILE).write_text(SHIM)
+        write_pair_folder(out, names["rl"], names["base"], self.extrapolation, self.tokenizer, self.generation_config)
 
     @classmethod
     def from_pretrained(
@@ -264,3 +261,37 @@ def register_auto_classes() -> None:
     """Let the Auto classes resolve ``model_type="hf_extrapolate"`` once this package is imported."""
     AutoConfig.register(ExtrapolatedConfig.model_type, ExtrapolatedConfig, exist_ok=True)
     AutoModelForCausalLM.register(ExtrapolatedConfig, ExtrapolatedForCausalLM, exist_ok=True)
+
+
+def write_pair_folder(
+    out: str | os.PathLike,
+    rl: str,
+    base: str,
+    extrapolation: ExtrapolationConfig,
+    tokenizer: Any = None,
+    generation_config: GenerationConfig | None = None,
+) -> None:
+    """Write a loadable pair folder (config naming both models, settings, tokenizer, shim) without weights.
+
+    `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` then loads both models from ``rl`` and
+    ``base`` (hub ids, absolute paths, or paths relative to ``out``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ExtrapolatedConfig(
+        rl_model_name_or_path=rl,
+        base_model_name_or_path=base,
+        extrapolation=extrapolation.to_dict(),
+        architectures=[ExtrapolatedForCausalLM.__name__],
+        auto_map={
+            "AutoConfig": f"{SHIM_FILE[:-3]}.ExtrapolatedConfig",
+            "AutoModelForCausalLM": f"{SHIM_FILE[:-3]}.ExtrapolatedForCausalLM",
+        },
+        is_encoder_decoder=False,
+    )
+    config.save_pretrained(out)
+    if generation_config is not None:
+        generation_config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    (out / SHIM_FILE).write_text(SHIM)
