@@ -78,10 +78,11 @@ def test_samples_filter_and_metrics_agree(name: str) -> None:
     assert [m["metric"] for m in cfg["metric_list"]] == metric_names(k)
     gen = cfg["generation_kwargs"]
     assert "\n\n" not in gen["until"]
+    assert gen["repetition_penalty"] == 1.0  # a model's generation_config must not add one
     if k == 1:
         assert gen["do_sample"] is False
     else:
-        assert (gen["do_sample"], gen["temperature"], gen["top_p"]) == (True, 1.0, 0.7)
+        assert (gen["do_sample"], gen["temperature"], gen["top_p"], gen["top_k"]) == (True, 1.0, 0.7, 0)
 
 
 @pytest.mark.parametrize("name", [n for n in HUB if n != "hfx_math_algebra"])
