@@ -8,7 +8,9 @@ import os
 import sys
 
 # sub-command -> (module exposing `register(subparsers)`, one-line help); modules are imported only when run
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
