@@ -88,9 +88,14 @@ def test_parse_weights() -> None:
 def test_hfx_with_gamma_zero_generates_like_the_rl_model(folders: dict) -> None:
     alone = greedy(HFLM(pretrained=folders["rl"], device="cpu"))
     pair = greedy(ExtrapolatedHFLM(rl=folders["rl"], base=folders["base"], gamma=0.0, device="cpu"))
-    extrapolated = greedy(ExtrapolatedHFLM(rl=folders["rl"], base=folders["base"], gamma=0.5, device="cpu"))
+    # explicit placement: HFLM must neither move the pair nor send inputs to its default device ("cuda")
+    placed = ExtrapolatedHFLM(
+        rl=folders["rl"], base=folders["base"], gamma=0.5, device_map="cpu", base_device_map="cpu"
+    )
+    assert placed.device == torch.device("cpu")
+    assert placed.max_length == 512  # the models' context (max_position_embeddings), not lm-eval's default 2048
     assert pair == alone
-    assert extrapolated != alone  # γ = 0.5 changes the tiny pair's greedy text
+    assert greedy(placed) != alone  # γ = 0.5 changes the tiny pair's greedy text
 
 
 def test_hfx_moves_task_sampling_into_the_selective_wrapper(folders: dict, monkeypatch: pytest.MonkeyPatch) -> None:

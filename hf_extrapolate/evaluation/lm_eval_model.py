@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import resolve_max_length
 from lm_eval.models.utils_hf import get_dtype
 
 # settings forwarded to ExtrapolatedForCausalLM when given in --model_args
@@ -70,9 +71,12 @@ class ExtrapolatedHFLM(HFLM):
         self._base = base
         self._pair_args = dict(base_device_map=base_device_map, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
         self._auto_map = bool(kwargs.get("parallelize"))
-        if kwargs.get("device_map") is not None or base_device_map is not None or load_in_4bit or load_in_8bit:
+        placed = kwargs.get("device_map") is not None or base_device_map is not None or load_in_4bit or load_in_8bit
+        if placed:
             kwargs["parallelize"] = True  # keeps HFLM from moving the placed pair with .to(device)
         super().__init__(pretrained=rl, **kwargs)
+        if placed and not hasattr(self, "accelerator"):
+            self._device = self.model.device  # inputs go where the RL model starts, not to HFLM's default "cuda"
 
     def _create_model(
         self,
@@ -100,6 +104,14 @@ class ExtrapolatedHFLM(HFLM):
             trust_remote_code=bool(trust_remote_code), **self._pair_args, **kwargs,
         )  # fmt: skip
         self._model = ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **self._settings)
+
+    @property
+    def max_length(self) -> int:
+        """``max_length`` if given, else the shorter context of the two models (the wrapper's config has none)."""
+        if self._max_length:
+            return self._max_length
+        models = (self.model.rl, self.model.base)
+        return min(resolve_max_length(m.config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH) for m in models)
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
         """Generate; in selective mode the task's temperature and top-p are applied inside the wrapper."""
