@@ -75,7 +75,7 @@ class ExtrapolatedHFLM(HFLM):
         if placed:
             kwargs["parallelize"] = True  # keeps HFLM from moving the placed pair with .to(device)
         super().__init__(pretrained=rl, **kwargs)
-        if placed and not hasattr(self, "accelerator"):
+        if kwargs.get("parallelize") and not hasattr(self, "accelerator"):
             self._device = self.model.device  # inputs go where the RL model starts, not to HFLM's default "cuda"
 
     def _create_model(
