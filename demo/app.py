@@ -8,11 +8,8 @@ generated at once, each with its own random generator seeded by the same seed, a
 output ends, its tokens are scored teacher-forced under both models for the colours and tooltips.
 """
 
-from __future__ import annotations
-
 import argparse
 import html
-import json
 import os
 import queue
 import threading
@@ -216,6 +213,8 @@ class DemoModels:
         stop |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",) if t in tokenizer.all_special_tokens}
         self.stop_ids = sorted(i for i in stop if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        positions = [getattr(m.config, "max_position_embeddings", None) for m in (rl, base)]
+        self.context = min((p for p in positions if p), default=2**31)
 
     def encode(self, prompt: str) -> Tensor:
         """The prompt as model input (inside the chat template when the tokenizer has one), within the limits."""
@@ -264,6 +263,9 @@ class DemoModels:
         max_new_tokens = _integer("max new tokens", max_new_tokens, 1, self.limits.max_new_tokens)
         seed = _integer("seed", seed, 0, 2**63 - 1)
         prompt_ids = self.encode(prompt)
+        if prompt_ids.shape[1] + max_new_tokens > self.context:
+            raise gr.Error(f"The prompt ({prompt_ids.shape[1]} tokens) and {max_new_tokens} new tokens exceed the "
+                           f"models' context of {self.context} tokens; ask for fewer new tokens.")  # fmt: skip
         events: queue.Queue = queue.Queue()
         stop, errors = threading.Event(), []
         columns = {name: Column() for name in COLUMNS}
@@ -438,12 +440,27 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
             top_p: float = 1.0,
             max_new_tokens: int = min(64, limits.max_new_tokens),
             seed: int = 0,
-        ) -> tuple[str, str, str, str]:
-            """Base, RL and extrapolated completions of `prompt`, and per-token statistics as a JSON string."""
+        ) -> tuple[str, str, str, dict]:
+            """Base, RL and extrapolated completions of `prompt` (the user message; the chat template is applied),
+            then a dict with the settings and, per output, its text and per-token statistics.
+
+            Args:
+                prompt: the user message.
+                gamma: extrapolation strength γ; 0 is the RL model, −1 the base model.
+                mode: "full" (every token from π_X) or "selective" (the base model proposes, flagged tokens are
+                    resampled from π_X).
+                criterion: selective mode's flag, e.g. "delta_logp" (flags Δlog p ≤ τ) or "kl" (flags KL ≥ τ).
+                tau: selective mode's threshold τ.
+                decoding: "greedy" or "sample".
+                temperature: sampling temperature (sample only).
+                top_p: nucleus sampling mass (sample only).
+                max_new_tokens: tokens to generate per output, at most the server's limit.
+                seed: the random seed, shared by the three outputs.
+            """
             config = models.config(gamma, mode, criterion, tau, decoding, temperature, top_p)
             *_, columns = models.stream(prompt, config, max_new_tokens, seed)
             result = summary(columns, config, tokenizer)
-            return (*(result["outputs"][n]["text"] for n in COLUMNS), json.dumps(result))
+            return (*(result["outputs"][n]["text"] for n in COLUMNS), result)
 
         gr.api(generate, api_name="generate", concurrency_id="models")
     return app

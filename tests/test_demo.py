@@ -5,7 +5,7 @@ Set HFX_DEMO_SCREENSHOT=path to keep the page's screenshot (docs/img/demo.png is
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import socket
 import subprocess
@@ -91,10 +91,9 @@ def test_generate_api(server):
         "seed",
     ]  # fmt: skip  (no parameter can name a model or a path)
 
-    base, rl, extrapolated, details = client.predict(
+    base, rl, extrapolated, data = client.predict(
         prompt=PROMPT, gamma=0.5, mode="selective", tau=-0.3, max_new_tokens=8, api_name="/generate"
     )
-    data = json.loads(details)
     assert data["settings"]["select"] == "delta_logp" and data["settings"]["gamma"] == 0.5
     outputs = data["outputs"]
     assert [outputs[n]["text"] for n in ("base", "rl", "extrapolated")] == [base, rl, extrapolated]
@@ -115,6 +114,32 @@ def test_generate_api(server):
         client.predict(prompt=PROMPT, max_new_tokens=33, api_name="/generate")
     with pytest.raises(Exception, match="at most 4000"):
         client.predict(prompt="1+" * 2001, api_name="/generate")
+
+
+def test_request_limits(pair, tokenizer):
+    """Bad requests get one clear message each, before anything is generated."""
+    import gradio as gr
+
+    spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    rl, base = pair
+    models = app.DemoModels(
+        rl, base, tokenizer, app.Limits(max_prompt_chars=100, max_prompt_tokens=40, max_new_tokens=500)
+    )
+    config = models.config(0.5, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0)
+    cases = {
+        "Type a prompt first": lambda: next(models.stream("  ", config, 8, 0)),
+        "at most 40": lambda: next(models.stream("x" * 90, config, 8, 0)),
+        "context of 512 tokens": lambda: next(models.stream(PROMPT, config, 500, 0)),
+        "seed must be a whole number": lambda: next(models.stream(PROMPT, config, 8, 1.5)),
+        "γ must be within": lambda: models.config(9.0, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0),
+        "criterion must be one of": lambda: models.config(0.5, "selective", "random", 0.1, "greedy", 1.0, 1.0),
+        "top_p must be in": lambda: models.config(0.5, "full", "delta_logp", -0.3, "sample", 1.0, 0.0),
+    }
+    for message, call in cases.items():
+        with pytest.raises(gr.Error, match=message):
+            call()
 
 
 @pytest.mark.browser
