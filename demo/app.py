@@ -75,16 +75,19 @@ class _Feed(BaseStreamer):
 
 
 class SeededSampling(LogitsProcessor):
-    """Draw the next token with temperature and top-p from a private generator and return it one-hot.
+    """Draw the next token with temperature and top-p from a private seeded generator and return it one-hot.
 
     `generate` (run greedily) then emits it. Each output gets its own generator, so outputs generated at
     the same time on shared models stay reproducible; temperature 0 is greedy decoding.
     """
 
-    def __init__(self, temperature: float, top_p: float, generator: torch.Generator):
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+    def __init__(self, temperature: float, top_p: float, seed: int):
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.generator: torch.Generator | None = None
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.generator is None:  # on the device of the scores (the last shard of a split model)
+            self.generator = torch.Generator(scores.device).manual_seed(self.seed)
         probs = sampling_log_probs(log_probs(scores), self.temperature, self.top_p).exp()
         choice = torch.multinomial(probs, 1, generator=self.generator)
         return torch.full_like(scores, NEG_INF).scatter_(-1, choice, 0.0)
@@ -108,8 +111,9 @@ def token_stats(
     """Teacher-forced statistics of the tokens ``ids[start:]`` (1-D ``ids``): Δlog p, log-probs, the top
     alternatives under π_B, π_R and π_X, and, if ``resampled``, the chance the selective sampler drew the
     token from π_X (``m · π_X'(y) / P(y)``, exact given the context; 0/1 when greedy)."""
-    rl_logits = rl(ids[None].to(model_device(rl))).logits[0, start - 1 : -1]
-    base_logits = base(ids[None].to(model_device(base))).logits[0, start - 1 : -1].to(rl_logits.device)
+    keep = len(ids) - start + 1  # the logits predicting ids[start:], and one more
+    rl_logits = rl(ids[None].to(model_device(rl)), logits_to_keep=keep).logits[0, :-1]
+    base_logits = base(ids[None].to(model_device(base)), logits_to_keep=keep).logits[0, :-1].to(rl_logits.device)
     width = shared_vocab_size(rl_logits.shape[-1], base_logits.shape[-1], len(tokenizer))
     logp_rl, logp_base = log_probs(rl_logits[:, :width]), log_probs(base_logits[:, :width])
     logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
@@ -212,7 +216,7 @@ class DemoModels:
         stop = {tokenizer.eos_token_id, *_as_list(rl.generation_config.eos_token_id)}
         stop |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",) if t in tokenizer.all_special_tokens}
         self.stop_ids = sorted(i for i in stop if i is not None)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.pad_id = next((i for i in (tokenizer.pad_token_id, *self.stop_ids) if i is not None), None)
         positions = [getattr(m.config, "max_position_embeddings", None) for m in (rl, base)]
         self.context = min((p for p in positions if p), default=2**31)
 
@@ -277,12 +281,9 @@ class DemoModels:
         processors = {
             name: [
                 *([extrapolation] if name == "extrapolated" else []),
-                SeededSampling(
-                    *((1.0, 1.0) if name == "extrapolated" else (config.temperature, config.top_p)),
-                    torch.Generator(device=model_device(model)).manual_seed(seed),
-                ),
+                SeededSampling(*((1.0, 1.0) if name == "extrapolated" else (config.temperature, config.top_p)), seed),
             ]
-            for name, model in models.items()
+            for name in COLUMNS
         }
 
         def run(name: str) -> None:
@@ -335,12 +336,8 @@ class DemoModels:
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int in ``[low, high]`` (integral floats, as number boxes send, are accepted)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value != int(value)
-        or not low <= value <= high
-    ):
+    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
+    if not (whole and low <= value <= high):
         raise gr.Error(f"{name} must be a whole number between {low} and {high}, got {value!r}.")
     return int(value)
 

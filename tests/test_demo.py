@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import perturbed, tiny_model
 
+from hf_extrapolate import DeltaLogpExtrapolation
 from hf_extrapolate.toy.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,13 +117,39 @@ def test_generate_api(server):
         client.predict(prompt="1+" * 2001, api_name="/generate")
 
 
-def test_request_limits(pair, tokenizer):
+@pytest.fixture(scope="module")
+def app():
+    """demo/app.py as a module."""
+    spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_greedy_outputs_are_those_of_generate(app, pair, tokenizer, mode):
+    """The three columns are what plain `generate` gives: base, RL, and RL with `DeltaLogpExtrapolation`."""
+    rl, base = pair
+    models = app.DemoModels(rl, base, tokenizer, app.Limits())
+    config = models.config(0.5, mode, "delta_logp", -0.3, "greedy", 1.0, 1.0)
+    *_, columns = models.stream(PROMPT, config, 12, 0)
+    ids = models.encode(PROMPT)
+    common = dict(do_sample=False, max_new_tokens=12, eos_token_id=models.stop_ids, pad_token_id=models.pad_id)
+    proc = DeltaLogpExtrapolation(base, 0.5, select=config.select, threshold=config.threshold, temperature=0.0)
+    expected = {
+        "base": base.generate(ids, **common),
+        "rl": rl.generate(ids, **common),
+        "extrapolated": rl.generate(ids, logits_processor=[proc], **common),
+    }
+    for name, out in expected.items():
+        assert columns[name].ids == out[0, ids.shape[1] :].tolist(), name
+    assert columns["extrapolated"].flag_rate == proc.flag_rate
+
+
+def test_request_limits(app, pair, tokenizer):
     """Bad requests get one clear message each, before anything is generated."""
     import gradio as gr
 
-    spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
     rl, base = pair
     models = app.DemoModels(
         rl, base, tokenizer, app.Limits(max_prompt_chars=100, max_prompt_tokens=40, max_new_tokens=500)
