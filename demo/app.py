@@ -479,7 +479,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", help="base model id or folder (give both or neither)")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device-map", default=None, help="e.g. auto or cuda (default: CPU)")
     p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most")
@@ -506,7 +506,10 @@ def main(argv: list[str] | None = None) -> None:
         rl_dir, base_dir = pair_paths()
         args.rl, args.base = str(rl_dir), str(base_dir)
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    rl, base, tokenizer = load_pair(args.rl, args.base, dtype=dtype, device_map=args.device_map)
+    try:
+        rl, base, tokenizer = load_pair(args.rl, args.base, dtype=dtype, device_map=args.device_map)
+    except ValueError as err:  # a model or tokenizer that cannot be loaded: one clear line
+        raise SystemExit(f"demo/app.py: error: {err}") from err
     limits = Limits(args.max_prompt_chars, args.max_prompt_tokens, args.max_new_tokens)
     models = DemoModels(rl, base, tokenizer, limits)
     title = f"RL model `{_shown(args.rl)}` · base model `{_shown(args.base)}`"
