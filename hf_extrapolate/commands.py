@@ -158,13 +158,18 @@ def run_export(args: argparse.Namespace) -> int:
     else:  # only configs and tokenizers are read: exporting a pair of 32B models takes a second
         tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
         check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=args.trust_remote_code), rl, base)
-        from transformers import GenerationConfig
+        from transformers import AutoConfig, GenerationConfig
 
+        from .modeling import context_length
+
+        configs = [AutoConfig.from_pretrained(n, trust_remote_code=args.trust_remote_code) for n in (rl, base)]
         try:
             generation_config = GenerationConfig.from_pretrained(rl)
         except OSError:
             generation_config = None
         names = [str(Path(n).resolve()) if Path(n).is_dir() else n for n in (rl, base)]
-        write_pair_folder(args.out, names[0], names[1], settings, tokenizer, generation_config)
+        write_pair_folder(
+            args.out, names[0], names[1], settings, tokenizer, generation_config, context_length(*configs)
+        )
     print(f"wrote {args.out}: load it with AutoModelForCausalLM.from_pretrained({args.out!r}, trust_remote_code=True)")
     return 0

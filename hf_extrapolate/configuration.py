@@ -119,3 +119,4 @@ class ExtrapolatedConfig(PretrainedConfig):
     base_model_name_or_path: str | None = None
     extrapolation: dict | None = None
     vocab_size: int | None = None
+    max_position_embeddings: int | None = None

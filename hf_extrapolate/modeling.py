@@ -16,6 +16,7 @@ from transformers import (
     DynamicCache,
     GenerationConfig,
     GenerationMixin,
+    PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -223,7 +224,10 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             names = {"rl": "rl", "base": "base"}
         else:
             names = {k: str(Path(v).resolve()) if Path(v).is_dir() else v for k, v in names.items()}
-        write_pair_folder(out, names["rl"], names["base"], self.extrapolation, self.tokenizer, self.generation_config)
+        write_pair_folder(
+            out, names["rl"], names["base"], self.extrapolation, self.tokenizer, self.generation_config,
+            context_length(self.rl.config, self.base.config),
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -263,6 +267,12 @@ def register_auto_classes() -> None:
     AutoModelForCausalLM.register(ExtrapolatedConfig, ExtrapolatedForCausalLM, exist_ok=True)
 
 
+def context_length(*configs: PretrainedConfig) -> int | None:
+    """The shorter of the models' context lengths, where their configs state one."""
+    lengths = [getattr(c.get_text_config(), "max_position_embeddings", None) for c in configs]
+    return min((n for n in lengths if n), default=None)
+
+
 def write_pair_folder(
     out: str | os.PathLike,
     rl: str,
@@ -270,11 +280,13 @@ def write_pair_folder(
     extrapolation: ExtrapolationConfig,
     tokenizer: Any = None,
     generation_config: GenerationConfig | None = None,
+    max_position_embeddings: int | None = None,
 ) -> None:
     """Write a loadable pair folder (config naming both models, settings, tokenizer, shim) without weights.
 
     `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` then loads both models from ``rl`` and
-    ``base`` (hub ids, absolute paths, or paths relative to ``out``).
+    ``base`` (hub ids, absolute paths, or paths relative to ``out``). ``max_position_embeddings`` (the
+    shorter context of the two) is recorded so that tools such as lm-eval know the pair's context length.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +300,7 @@ def write_pair_folder(
             "AutoModelForCausalLM": f"{SHIM_FILE[:-3]}.ExtrapolatedForCausalLM",
         },
         is_encoder_decoder=False,
+        max_position_embeddings=max_position_embeddings,
     )
     config.save_pretrained(out)
     if generation_config is not None:
