@@ -102,31 +102,34 @@ def load_pair(
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "nf4": 0.5}
 
 
-def estimate_memory(
-    rl: str, base: str, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1, trust_remote_code: bool = False
-) -> dict[str, Any]:
-    """Memory a pair needs, from the configs alone (no weights are read): parameters × bytes per parameter
-    for ``dtype`` (``float32``, ``bfloat16``, ``float16``, ``int8`` or ``nf4`` for bitsandbytes 4-bit), plus
-    both models' KV caches for ``batch`` sequences of ``tokens`` tokens (cache in bfloat16 unless float32)."""
+def model_memory(config: Any, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1) -> dict[str, float]:
+    """Parameters, weight memory for ``dtype`` (``float32``, ``bfloat16``, ``float16``, ``int8``, or ``nf4`` for
+    bitsandbytes 4-bit) and KV-cache memory for ``batch`` × ``tokens`` (bf16 cache unless float32), from a config."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig
 
     if dtype not in BYTES_PER_PARAM:
         raise ValueError(f"dtype must be one of {', '.join(BYTES_PER_PARAM)}, got {dtype!r}")
-    cache_bytes = 4 if dtype == "float32" else 2
+    with init_empty_weights():
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * (4 if dtype == "float32" else 2) * tokens * batch
+    return {"parameters": params, "weights_gib": params * BYTES_PER_PARAM[dtype] / 2**30, "kv_cache_gib": kv / 2**30}
+
+
+def estimate_memory(
+    rl: str, base: str, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """`model_memory` of both models of a pair, from their configs alone (no weights are read), and the total."""
+    from transformers import AutoConfig
+
     report: dict[str, Any] = {"dtype": dtype, "tokens": tokens, "batch": batch}
     for role, name in (("rl", rl), ("base", base)):
         try:
             config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         except OSError as err:
             raise ValueError(f"cannot read the {role} model's config {name!r}: {str(err).splitlines()[0]}") from err
-        with init_empty_weights():
-            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-        text = config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        kv = 2 * text.num_hidden_layers * kv_heads * head_dim * cache_bytes * tokens * batch
-        report[role] = {"name": name, "parameters": params, "weights_gib": params * BYTES_PER_PARAM[dtype] / 2**30,
-                        "kv_cache_gib": kv / 2**30}  # fmt: skip
+        report[role] = {"name": name, **model_memory(config, dtype, tokens, batch)}
     report["total_gib"] = sum(report[r]["weights_gib"] + report[r]["kv_cache_gib"] for r in ("rl", "base"))
     return report
