@@ -160,3 +160,32 @@ def test_stock_lm_eval_on_an_exported_pair(folders: dict, tmp_path: Path) -> Non
         texts[name] = [json.loads(line)["resps"][0][0] for line in samples_file.read_text().splitlines()]
     assert texts["x0"] == texts["rl"]
     assert texts["x05"] != texts["rl"]
+
+
+def _samples(output: Path) -> dict[int, list]:
+    """doc_id -> model responses, from lm-eval's --log_samples output."""
+    (path,) = output.rglob("samples_hfx_toy_arith_*.jsonl")
+    return {row["doc_id"]: row["resps"] for row in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_data_parallel_eval_matches_one_process(folders: dict, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo): each holds one pair, results are gathered once and equal
+    a single process's, response for response."""
+    args = ["-m", "hf_extrapolate.cli", "eval", "--model", "hfx", "--apply_chat_template",
+            "--model_args", f"rl={folders['rl']},base={folders['base']},gamma=0.5,select=delta_logp,threshold=-0.2",
+            "--tasks", "hfx_toy_arith", "--limit", "6", "--gen_kwargs", "max_gen_toks=16", "--log_samples"]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    runs = {
+        "one": [*launch, "--num_processes", "1", *args, "--output_path", str(tmp_path / "one")],
+        "two": [*launch, "--num_processes", "2", *args, "--output_path", str(tmp_path / "two")],
+    }
+    for name, cmd in runs.items():
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, f"{name}: {res.stderr[-2000:]}"
+    one, two = _samples(tmp_path / "one"), _samples(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(6))
+    assert one == two
+    assert any(r != [[""]] for r in one.values())  # the pair did generate text

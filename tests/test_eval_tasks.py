@@ -16,27 +16,59 @@ from hf_extrapolate.evaluation.tasks import jsonl_dataset, normalize_doc, proces
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
 BENCHMARKS = ["hfx_math500", "hfx_aime24", "hfx_aime25", "hfx_amc23", "hfx_gsm8k", "hfx_toy_arith"]
 VARIANTS = [
-    "hfx_aime24_avg16", "hfx_aime24_avg32", "hfx_aime25_avg16", "hfx_aime25_avg32", "hfx_amc23_avg16",
-    "hfx_amc23_avg32", "hfx_math500_avg4", "hfx_math500_avg16", "hfx_gsm8k_avg4", "hfx_gsm8k_avg16",
+    "hfx_aime24_avg16",
+    "hfx_aime24_avg32",
+    "hfx_aime25_avg16",
+    "hfx_aime25_avg32",
+    "hfx_amc23_avg16",
+    "hfx_amc23_avg32",
+    "hfx_math500_avg4",
+    "hfx_math500_avg16",
+    "hfx_gsm8k_avg4",
+    "hfx_gsm8k_avg16",
     "hfx_toy_arith_avg8",
 ]
 GROUPS = ["hfx_math", "hfx_paper_avg32"]
 
 # (dataset path, config, split, one record in the hub layout, expected answer): layouts checked on the hub cards
 HUB = {
-    "hfx_math500": ("HuggingFaceH4/MATH-500", None, "test",
-                    {"problem": "Find $x$.", "solution": "So $\\boxed{\\frac{1}{2}}$.", "answer": "\\frac{1}{2}",
-                     "subject": "Algebra", "level": 2, "unique_id": "test/algebra/1.json"}, "\\frac{1}{2}"),
-    "hfx_aime24": ("HuggingFaceH4/aime_2024", None, "train",
-                   {"id": 60, "problem": " Find $m+n$. ", "solution": "...", "answer": "204", "url": "u",
-                    "year": "2024"}, "204"),
+    "hfx_math500": (
+        "HuggingFaceH4/MATH-500",
+        None,
+        "test",
+        {
+            "problem": "Find $x$.",
+            "solution": "So $\\boxed{\\frac{1}{2}}$.",
+            "answer": "\\frac{1}{2}",
+            "subject": "Algebra",
+            "level": 2,
+            "unique_id": "test/algebra/1.json",
+        },
+        "\\frac{1}{2}",
+    ),
+    "hfx_aime24": (
+        "HuggingFaceH4/aime_2024",
+        None,
+        "train",
+        {"id": 60, "problem": " Find $m+n$. ", "solution": "...", "answer": "204", "url": "u", "year": "2024"},
+        "204",
+    ),
     "hfx_aime25": ("math-ai/aime25", None, "test", {"problem": "Find $n$.", "answer": "70", "id": "0"}, "70"),
     "hfx_amc23": ("math-ai/amc23", None, "test", {"id": 0, "question": "How many?", "answer": 27.0}, "27"),
-    "hfx_gsm8k": ("openai/gsm8k", "main", "test", {"question": "How much?", "answer": "2 * 617 = 1234\n#### 1,234"},
-                  "1234"),
-    "hfx_math_algebra": ("EleutherAI/hendrycks_math", "algebra", "test",
-                         {"problem": "Solve.", "level": "Level 1", "type": "Algebra",
-                          "solution": "Hence $x=\\boxed{\\frac{3}{4}}$."}, "\\frac{3}{4}"),
+    "hfx_gsm8k": (
+        "openai/gsm8k",
+        "main",
+        "test",
+        {"question": "How much?", "answer": "2 * 617 = 1234\n#### 1,234"},
+        "1234",
+    ),
+    "hfx_math_algebra": (
+        "EleutherAI/hendrycks_math",
+        "algebra",
+        "test",
+        {"problem": "Solve.", "level": "Level 1", "type": "Algebra", "solution": "Hence $x=\\boxed{\\frac{3}{4}}$."},
+        "\\frac{3}{4}",
+    ),
 }
 
 
@@ -101,7 +133,12 @@ def test_math_group_reads_each_subject_and_takes_the_boxed_answer(manager: TaskM
     tasks = loaded["tasks"]
     assert len(tasks) == 7 and len(fake_hub) == 7
     assert {name for _, name, _ in fake_hub} == {
-        "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra",
+        "algebra",
+        "counting_and_probability",
+        "geometry",
+        "intermediate_algebra",
+        "number_theory",
+        "prealgebra",
         "precalculus",
     }
     (algebra,) = [t for name, t in tasks.items() if name.endswith("hfx_math_algebra")]
