@@ -380,3 +380,14 @@ def test_wrapper_refuses_inputs_embeds_and_foreign_caches(pair):
         wrapper(inputs_embeds=torch.zeros(1, 2, 32))
     with pytest.raises(ValueError, match="must be a PairCache"):
         wrapper(torch.tensor([[5, 6]]), cache=DynamicCache())
+
+
+def test_assisted_decoding_rollbacks_keep_the_processor_exact(pair, tokenizer):
+    """Assisted decoding scores draft tokens, then rolls back the rejected ones: the base cache must follow."""
+    rl, base = pair
+    draft = perturbed(rl, scale=0.5, seed=3)  # a draft model that is often wrong, so rollbacks happen
+    prompt = ["1+1234567="]
+    ref = no_cache_greedy(rl, base, tokenizer, ExtrapolationConfig(gamma=0.5), prompt)
+    proc = DeltaLogpExtrapolation(base, gamma=0.5, tokenizer=tokenizer)
+    enc = encode(tokenizer, prompt)
+    assert torch.equal(greedy(rl, enc, logits_processor=[proc], assistant_model=draft), ref)
