@@ -8,7 +8,9 @@ import os
 import sys
 
 # sub-command -> (module exposing `register(subparsers)`, one-line help); modules are imported only when run
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("hf_extrapolate.analysis.command", "Δlog p vs entropy and KL on a model pair, and token replacement"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
