@@ -9,7 +9,16 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .experiment import DEFAULT_SHARES, DIRECTIONS, SWEEP_CHOICES, SWEEP_METRICS, Grader, Sampling, run_analysis
+from .experiment import (
+    DEFAULT_SHARES,
+    DIRECTIONS,
+    SWEEP_CHOICES,
+    SWEEP_METRICS,
+    Grader,
+    Sampling,
+    check_sweep,
+    run_analysis,
+)
 from .report import recovery_shares, write_report
 
 
@@ -138,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         _positive(name.replace("_", "-"), getattr(args, name))
     if (args.rl is None) != (args.base is None):
         raise ValueError("give both --rl and --base, or neither (only with --data toy)")
+    metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
+    check_sweep(metrics, shares, directions)
     grader = resolve_grader(args.grader)
     problems = load_problems(args.data, args.n_problems, args.seed)
     if args.rl is None:
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = run_analysis(
         rl_model, base_model, tokenizer, problems, grader, paper_prompt, sampling,
-        metrics=_list(args.metrics), shares=_shares(args.shares), directions=_list(args.directions),
+        metrics=metrics, shares=shares, directions=directions,
     )  # fmt: skip
     paths = write_report(result, Path(args.out), command_line(args))
     ref = result["reference"]

@@ -172,6 +172,18 @@ def replacement_run(
     }
 
 
+def check_sweep(metrics: Sequence[str], shares: Sequence[float], directions: Sequence[str]) -> None:
+    """Refuse an empty or unknown sweep before any model is loaded."""
+    if not (metrics and shares and directions):
+        raise ValueError("give at least one metric, one share and one direction")
+    if unknown := sorted(set(metrics) - set(SWEEP_CHOICES)):
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(SWEEP_CHOICES)}")
+    if unknown := sorted(set(directions) - set(DIRECTIONS)):
+        raise ValueError(f"unknown direction(s) {unknown}; choose from {', '.join(DIRECTIONS)}")
+    if any(not 0.0 < s < 1.0 for s in shares):
+        raise ValueError(f"shares must lie strictly between 0 and 1, got {list(shares)}")
+
+
 def run_analysis(
     rl_model: PreTrainedModel,
     base_model: PreTrainedModel,
@@ -192,13 +204,7 @@ def run_analysis(
     the KS distance between them; ``replacement`` one row per (direction, metric, target share), with τ set
     so the metric flags about that share of the proposer's own tokens; ``tokens`` the raw per-token values.
     """
-    unknown = sorted(set(metrics) - set(SWEEP_CHOICES)) + sorted(set(directions) - set(DIRECTIONS))
-    if unknown:
-        raise ValueError(f"unknown metric or direction {unknown}; metrics: {SWEEP_CHOICES}, directions: {DIRECTIONS}")
-    if not (metrics and shares and directions):
-        raise ValueError("give at least one metric, one share and one direction")
-    if any(not 0.0 < s < 1.0 for s in shares):
-        raise ValueError(f"shares must lie strictly between 0 and 1, got {list(shares)}")
+    check_sweep(metrics, shares, directions)
     if not problems:
         raise ValueError("no problems to analyse")
     if not sampling.eos_token_id:

@@ -100,8 +100,8 @@ def plot_replacement(result: dict[str, Any], path: Path) -> None:
             pts = sorted((r["replaced_share"], r["accuracy"], r["stderr"]) for r in rows if r["metric"] == metric)
             x, y, err = (np.array(v) for v in zip(*pts))
             ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="o", capsize=2, label=LABELS[metric])
-        for source, style in (("base", ":"), ("rl", "--")):
-            ax.axhline(ref[source]["accuracy"], color="k", linestyle=style, label=f"{source} alone")
+        for source, name, style in (("base", "base", ":"), ("rl", "RL", "--")):
+            ax.axhline(ref[source]["accuracy"], color="k", linestyle=style, label=f"{name} alone")
         ax.set_xscale("log")
         ax.set_xlabel("share of response tokens replaced (expected)")
         ax.set_ylabel("accuracy (avg@k)")
