@@ -3,6 +3,7 @@ at its two extremes against each model alone, the replaced share against the pro
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -139,3 +140,32 @@ def test_thresholds_and_recovery_share():
     assert share_to_reach([(0.1, 0.4), (0.2, 0.8)], start=0.2, target=0.6) == pytest.approx(0.15)
     assert share_to_reach([(0.1, 0.3)], start=0.2, target=0.6) is None
     assert share_to_reach([(0.1, 0.1)], start=0.5, target=0.2) == pytest.approx(0.075)  # falling (reverse)
+
+
+def test_analyze_command_writes_every_file(pair, tokenizer, tmp_path, capsys):
+    from hf_extrapolate.cli import main
+
+    for name, model in zip(("rl", "base"), pair):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"problem": "Compute 1+2.", "answer": "3"}\n\n{"problem": "Compute 5-1.", "answer": 4}\n')
+    out = tmp_path / "out"
+    argv = ["analyze", "--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--data", str(data)]
+    argv += ["--out", str(out), "--samples", "2", "--max-new-tokens", "4", "--metrics", "delta_logp,kl"]
+    assert main([*argv, "--shares", "0.2", "--directions", "forward,reverse"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "analysis.json", "tokens.npz", "distributions.png", "replacement.png", "summary.md",
+    }  # fmt: skip
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["settings"]["problems"] == 2 and set(result["reference"]) == {"base", "rl"}
+    assert [(r["direction"], r["metric"]) for r in result["replacement"]] == [
+        ("forward", "delta_logp"), ("forward", "kl"), ("reverse", "delta_logp"), ("reverse", "kl"),
+    ]  # fmt: skip
+    assert result["replacement"][2]["select"] == "delta_logp_ge"
+    assert "hf-extrapolate analyze --rl" in (out / "summary.md").read_text()
+
+    assert main([*argv, "--shares", "0.2", "--metrics", "entropy"]) == 2
+    data.write_text('{"question": "Compute 1+2."}\n')
+    assert main([*argv, "--shares", "0.2"]) == 2
+    assert "needs 'problem' and 'answer'" in capsys.readouterr().err
