@@ -15,6 +15,7 @@ from .experiment import (
     SWEEP_CHOICES,
     SWEEP_METRICS,
     Grader,
+    PromptFn,
     Sampling,
     check_sweep,
     run_analysis,
@@ -53,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--directions", default=",".join(DIRECTIONS), help="forward (base generates), reverse, or both")
     p.add_argument(
         "--grader",
-        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: exact match of the last "
-        "\\boxed{} (integers compared as numbers)",
+        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's exact "
+        "match of the last \\boxed{} (integers compared as numbers)",
     )
     p.add_argument("--dtype", default="auto", help="dtype of both models (default auto)")
     p.add_argument("--device-map", help="device_map of both models, e.g. auto or cuda:0 (default: CPU)")
@@ -78,15 +79,10 @@ def _shares(text: str) -> list[float]:
         raise ValueError(f"--shares must be comma-separated numbers, got {text!r}") from None
 
 
-def load_problems(data: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` toy test problems, or the first ``n`` rows of a JSONL file with "problem" and "answer"."""
-    if data == "toy":
-        from hf_extrapolate import toy
-
-        return toy.make_problems("test", n, seed=seed)
-    path = Path(data)
+def read_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a JSONL file, each with "problem" and "answer"."""
     if not path.is_file():
-        raise ValueError(f"--data must be 'toy' or an existing JSONL file; {data!r} is neither")
+        raise ValueError(f"--data must be 'toy' or an existing JSONL file; {str(path)!r} is neither")
     rows = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -106,12 +102,30 @@ def load_problems(data: str, n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def resolve_grader(spec: str | None) -> Grader:
-    """The grading function: ``MODULE:FUNCTION``, or by default the toy task's last-``\\boxed{}`` match."""
-    if spec is None:
-        from hf_extrapolate import toy
+def paper_prompt(problem: str, tokenizer: Any) -> str:
+    """The paper's prompt: the problem and the step-by-step / ``\\boxed{}`` instruction, in the chat template
+    when the tokenizer has one."""
+    from hf_extrapolate.toy.task import PROMPT_SUFFIX
 
-        return toy.is_correct
+    content = f"{problem}\n{PROMPT_SUFFIX}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return content + "\n"
+
+
+def load_data(data: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Grader, PromptFn]:
+    """Problems with their default grader and prompt: the toy task's own test problems for ``toy``; for a
+    JSONL file, `paper_prompt` and an exact match of the last ``\\boxed{}``."""
+    from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems
+
+    if data == "toy":
+        return make_problems("test", n, seed=seed), is_correct, format_prompt
+    return read_jsonl(Path(data), n), is_correct, paper_prompt
+
+
+def resolve_grader(spec: str) -> Grader:
+    """The function named by ``MODULE:FUNCTION``."""
     module, _, name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), name) if name else None
@@ -120,15 +134,6 @@ def resolve_grader(spec: str | None) -> Grader:
     if not callable(fn):
         raise ValueError(f"--grader must name a function as MODULE:FUNCTION, got {spec!r}")
     return fn
-
-
-def paper_prompt(problem: str, tokenizer: Any) -> str:
-    """The paper's prompt: the toy task's chat-template prompt, or plain text for a tokenizer without one."""
-    from hf_extrapolate import toy
-
-    if getattr(tokenizer, "chat_template", None):
-        return toy.format_prompt(problem, tokenizer)
-    return f"{problem}\n{toy.PROMPT_SUFFIX}\n"
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -149,21 +154,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give both --rl and --base, or neither (only with --data toy)")
     metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
     check_sweep(metrics, shares, directions)
-    grader = resolve_grader(args.grader)
-    problems = load_problems(args.data, args.n_problems, args.seed)
+    problems, grader, prompt = load_data(args.data, args.n_problems, args.seed)
+    if args.grader is not None:
+        grader = resolve_grader(args.grader)
     if args.rl is None:
         if args.data != "toy":
             raise ValueError("--rl and --base are required unless --data toy")
-        from hf_extrapolate import toy
+        from hf_extrapolate.toy import pair_paths
 
-        args.rl, args.base = (str(p) for p in toy.pair_paths())
+        args.rl, args.base = (str(p) for p in pair_paths())
     rl_model, base_model, tokenizer = load_pair(args.rl, args.base, dtype=args.dtype, device_map=args.device_map)
     sampling = Sampling(
         samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip
     result = run_analysis(
-        rl_model, base_model, tokenizer, problems, grader, paper_prompt, sampling,
+        rl_model, base_model, tokenizer, problems, grader, prompt, sampling,
         metrics=metrics, shares=shares, directions=directions,
     )  # fmt: skip
     paths = write_report(result, Path(args.out), command_line(args))

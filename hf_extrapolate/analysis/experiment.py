@@ -34,6 +34,7 @@ from .statistics import (
 )
 
 Grader = Callable[[str, str], bool]  # (completion, reference answer) -> correct?
+PromptFn = Callable[[str, Any], str]  # (problem, tokenizer) -> prompt text
 
 DIRECTIONS: dict[str, dict[str, Any]] = {
     "forward": {"proposer": "base", "weights": (0.0, 1.0)},  # base generates, flagged tokens from RL
@@ -190,7 +191,7 @@ def run_analysis(
     tokenizer: Any,
     problems: Sequence[dict],
     grader: Grader,
-    format_prompt: Callable[[str, Any], str],
+    format_prompt: PromptFn,
     sampling: Sampling,
     *,
     metrics: Sequence[str] = SWEEP_METRICS,
