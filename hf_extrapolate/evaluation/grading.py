@@ -10,11 +10,8 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from math_verify import LatexExtractionConfig, parse, verify
-
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-_EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0),)
 
 
 def last_boxed(text: str) -> str | None:
@@ -46,12 +43,16 @@ def last_boxed(text: str) -> str | None:
 @lru_cache(maxsize=4096)
 def _parse_answer(answer: str) -> tuple:
     """math-verify parse of one boxed answer (sympy objects plus the raw string as a fallback)."""
-    return tuple(parse("\\boxed{" + answer + "}", extraction_config=_EXTRACTION))
+    from math_verify import LatexExtractionConfig, parse  # the eval extra; `last_boxed` works without it
+
+    return tuple(parse("\\boxed{" + answer + "}", extraction_config=(LatexExtractionConfig(boxed_match_priority=0),)))
 
 
 def equivalent(reference: str, candidate: str) -> bool:
     """Whether two answers (box contents, without ``\\boxed``) are equivalent according to math-verify."""
     gold, pred = _parse_answer(reference.strip()), _parse_answer(candidate.strip())
+    from math_verify import verify
+
     return bool(gold and pred) and verify(list(gold), list(pred))
 
 
