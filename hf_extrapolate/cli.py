@@ -8,7 +8,9 @@ import os
 import sys
 
 # sub-command -> (module exposing `register(subparsers)`, one-line help); modules are imported only when run
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-toy": ("hf_extrapolate.toy.command", "train (or reuse) the toy base/RLVR pair"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,12 @@ def test_noisy_solutions_slip_at_the_given_rate():
     problems = make_problems("train", 400)
     rng = random.Random(0)
     assert all(noisy_solution(p["terms"])[0] == p["solution"] for p in problems)
-    wrong = sum(noisy_solution(p["terms"], 0.2, rng)[1] != int(p["answer"]) for p in problems) / len(problems)
-    assert 0.4 < wrong < 0.85  # 1 - 0.8**k for k in 3..6 steps is 0.49..0.74
+    wrong = [noisy_solution(p["terms"], slip_rate=0.2, rng=rng)[1] != int(p["answer"]) for p in problems]
+    assert 0.4 < sum(wrong) / len(wrong) < 0.85  # 1 - 0.8**k for k in 3..6 steps is 0.49..0.74
+    for p in problems:  # the blind spot: adding 9 written as adding 8, nothing else
+        solution, value = noisy_solution(p["terms"], nine_rate=1.0, rng=rng)
+        assert value == int(p["answer"]) - (9 in p["terms"][1:])
+        assert ("+9=" in solution) == (9 in p["terms"][1:])
     with pytest.raises(ValueError, match="rng"):
         noisy_solution(problems[0]["terms"], 0.5)
 
@@ -104,7 +108,7 @@ def _check_pair(rl, base):
         tok = AutoTokenizer.from_pretrained(d)
         assert model.config.model_type == "llama" and len(tok) == model.config.vocab_size
         assert tok.convert_ids_to_tokens(model.generation_config.eos_token_id) == ["<|im_end|>", "<|endoftext|>"]
-        assert model.generation_config.pad_token_id == tok.pad_token_id
+        assert model.generation_config.pad_token_id == tok.pad_token_id and tok.eos_token == "<|im_end|>"
 
 
 def test_pair_paths_trains_once_then_reuses(tmp_path):
@@ -117,3 +121,5 @@ def test_pair_paths_trains_once_then_reuses(tmp_path):
     rl2, base2 = pair_paths(seed=0, root=tmp_path, **TINY)  # plain GRPO reuses the same base model
     assert base2 == base and rl2 != rl
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rl.name, rl2.name, base.name])
+    again, _ = pair_paths(seed=0, root=tmp_path / "again", reweight="direction", **TINY)  # deterministic
+    assert (again / "model.safetensors").read_bytes() == (rl / "model.safetensors").read_bytes()

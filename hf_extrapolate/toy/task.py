@@ -1,10 +1,10 @@
 """A verifiable toy reasoning task: running sums of small numbers, worked step by step, ending in `\\boxed{}`.
 
-A problem is `Compute 38+7-5+9+6.`; its solution writes one line per operation (`38+7=45`, `45-5=40`, ...)
-and ends with `\\boxed{55}`. Problems are drawn deterministically from a seed; a problem belongs to the
+A problem is `Compute 38+7+5+9+6.`; its solution writes one line per addition (`38+7=45`, `45+5=50`, ...)
+and ends with `\\boxed{65}`. Problems are drawn deterministically from a seed; a problem belongs to the
 train or the test split by a hash of its text, so the splits are disjoint whatever the seeds.
-`noisy_solution` writes the imperfect demonstrations the base model is trained on: with a given
-probability each step slips (a result off by 1 or 10) and the slip carries on to the answer.
+`noisy_solution` writes the imperfect demonstrations the base model is trained on: random slips (a result
+off by 1 or 10) and a systematic one (adding 9 written as adding 8); a wrong step carries on to the answer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\
 SPLITS = ("train", "test")
 TEST_SHARE = 5  # one problem in TEST_SHARE (by hash) is held out
 MIN_OPS, MAX_OPS = 3, 6
-LOW, HIGH = 10, 99  # every running value stays within [LOW, HIGH]
+LOW, HIGH = 10, 99  # the start and every running value lie within [LOW, HIGH]
 SLIPS = (-10, -1, 1, 10)
 
 
@@ -27,33 +27,33 @@ def _split_of(problem: str) -> str:
 
 
 def _draw_terms(rng: random.Random) -> list[int]:
-    """A start value and signed single-digit steps that keep the running value within [LOW, HIGH]."""
-    value = rng.randint(LOW, HIGH)
-    terms = [value]
-    for _ in range(rng.randint(MIN_OPS, MAX_OPS)):
-        choices = [s * d for d in range(1, 10) for s in (1, -1) if LOW <= value + s * d <= HIGH]
-        step = rng.choice(choices)
-        terms.append(step)
-        value += step
-    return terms
+    """A start value and distinct single digits to add, the sum staying within [LOW, HIGH]."""
+    steps = rng.sample(range(1, 10), rng.randint(MIN_OPS, MAX_OPS))
+    return [rng.randint(LOW, HIGH - sum(steps)), *steps]
 
 
 def _problem_text(terms: list[int]) -> str:
     return "Compute " + str(terms[0]) + "".join(f"{t:+d}" for t in terms[1:]) + "."
 
 
-def noisy_solution(terms: list[int], slip_rate: float = 0.0, rng: random.Random | None = None) -> tuple[str, int]:
-    """Worked steps ending in `\\boxed{}`; each step's result slips with probability `slip_rate`.
+def noisy_solution(
+    terms: list[int], slip_rate: float = 0.0, nine_rate: float = 0.0, rng: random.Random | None = None
+) -> tuple[str, int]:
+    """Worked steps ending in `\\boxed{}`, with the mistakes of imperfect demonstrations.
 
-    Returns (solution, the boxed value); later steps continue from a slipped value, as a person would.
+    Each step slips (result off by 1 or 10) with probability `slip_rate`; a step adding 9 is also written as
+    adding 8 with probability `nine_rate` (a systematic blind spot: above 0.5 it is the most likely result).
+    Returns (solution, the boxed value); later steps continue from a wrong value, as a person would.
     """
-    if slip_rate and rng is None:
-        raise ValueError("noisy_solution needs an rng when slip_rate > 0")
+    if (slip_rate or nine_rate) and rng is None:
+        raise ValueError("noisy_solution needs an rng when slip_rate or nine_rate > 0")
     value, lines = terms[0], []
     for t in terms[1:]:
         result = value + t
-        if slip_rate and rng.random() < slip_rate:
-            result += rng.choice([s for s in SLIPS if 0 <= result + s <= HIGH + 10])
+        if t == 9 and nine_rate and rng.random() < nine_rate:
+            result -= 1
+        elif slip_rate and rng.random() < slip_rate:
+            result += rng.choice(SLIPS)
         lines.append(f"{value}{t:+d}={result}")
         value = result
     return "\n".join([*lines, f"\\boxed{{{value}}}"]), value

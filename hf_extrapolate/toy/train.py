@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -22,12 +23,15 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 from trl import GRPOConfig, SFTConfig, SFTTrainer
 
-from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems, noisy_solution
+from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
 from hf_extrapolate.toy.tokenizer import EOS, IM_END, build_tokenizer
 from hf_extrapolate.training import REWEIGHTS, DirectionalGRPOTrainer
 
+TOY_TOKENS = ("user", "assistant", "Compute ", PROMPT_SUFFIX, "\\boxed{")  # whole strings matched as one token
+PIPELINE_VERSION = 1  # part of every cache key: bump it when a change to this file changes the models
 BASE_FIELDS = (
-    "seed", "hidden_size", "num_layers", "num_heads", "sft_problems", "slip_rate", "sft_lr", "sft_batch_size",
+    "seed", "hidden_size", "num_layers", "num_heads", "sft_problems", "slip_rate", "nine_rate", "sft_lr",
+    "sft_batch_size",
 )  # fmt: skip
 
 
@@ -40,16 +44,17 @@ class ToySettings:
     hidden_size: int = 96
     num_layers: int = 4
     num_heads: int = 4
-    # SFT on demonstrations where each step slips with probability `slip_rate`
-    sft_problems: int = 20000
+    # SFT on imperfect demonstrations (see `noisy_solution`)
+    sft_problems: int = 40000
     slip_rate: float = 0.1
+    nine_rate: float = 0.6
     sft_lr: float = 2e-3
     sft_batch_size: int = 64
     # GRPO (the DAPO recipe: no KL, clip 0.2/0.28, token-level normalisation)
     grpo_steps: int = 150
     grpo_prompts: int = 8
     num_generations: int = 8
-    grpo_lr: float = 1e-4
+    grpo_lr: float = 2e-4
     reweight: str | None = None
     reweight_c: float = 0.2
 
@@ -62,6 +67,7 @@ class ToySettings:
         values = dataclasses.asdict(self)
         if fields is not None:
             values = {f: values[f] for f in fields}
+        values["pipeline_version"] = PIPELINE_VERSION
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -73,8 +79,12 @@ def cache_dir() -> Path:
 
 
 def toy_tokenizer() -> PreTrainedTokenizerFast:
-    """The char-level tokenizer; a turn ends with `<|im_end|>`, so generation stops there."""
-    tokenizer = build_tokenizer()
+    """The char-level tokenizer plus `TOY_TOKENS` (a prompt is about 20 tokens instead of 110).
+
+    As in Qwen's chat models, a turn ends with `<|im_end|>`, which is the end-of-sequence token.
+    """
+    tokenizer = build_tokenizer(TOY_TOKENS)
+    tokenizer.eos_token = IM_END
     tokenizer.model_max_length = 256
     return tokenizer
 
@@ -116,24 +126,35 @@ def _common_args(settings: ToySettings, out: Path) -> dict:
     }
 
 
-def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToySettings, seconds: float) -> None:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToySettings, start: tuple) -> None:
+    """Save model and tokenizer, with the settings and the wall-clock and CPU seconds since `start`."""
     trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "trainer", ignore_errors=True)
-    info = {"settings": dataclasses.asdict(settings), "train_seconds": round(seconds, 1)}
+    info = {
+        "settings": dataclasses.asdict(settings),
+        "pipeline_version": PIPELINE_VERSION,
+        "train_seconds": round(time.perf_counter() - start[0], 1),
+        "cpu_seconds": round(_cpu_seconds() - start[1], 1),
+    }
     (out / "toy_settings.json").write_text(json.dumps(info, indent=2))
 
 
 def train_base(settings: ToySettings, out: Path) -> None:
-    """SFT a fresh model on noisy worked solutions of `settings.sft_problems` train problems."""
-    start = time.perf_counter()
+    """SFT a fresh model on noisy worked solutions of `settings.sft_problems` train problems (+ `<|im_end|>`)."""
+    start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     rng = random.Random(f"slips/{settings.seed}")
     problems = make_problems("train", settings.sft_problems, seed=settings.seed)
     rows = [
         {
             "prompt": format_prompt(p["problem"], tokenizer),
-            "completion": noisy_solution(p["terms"], settings.slip_rate, rng)[0] + IM_END,
+            "completion": noisy_solution(p["terms"], settings.slip_rate, settings.nine_rate, rng)[0],
         }
         for p in problems
     ]
@@ -154,7 +175,7 @@ def train_base(settings: ToySettings, out: Path) -> None:
         processing_class=tokenizer,
     )
     trainer.train()
-    _save(trainer, tokenizer, out, settings, time.perf_counter() - start)
+    _save(trainer, tokenizer, out, settings, start)
 
 
 def _correctness(completions: list[str], answer: list[str], **_) -> list[float]:
@@ -164,7 +185,7 @@ def _correctness(completions: list[str], answer: list[str], **_) -> list[float]:
 
 def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     """GRPO (optionally reweighted along the RLVR direction) from the base model in `base`."""
-    start = time.perf_counter()
+    start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     batch = settings.grpo_prompts * settings.num_generations
     problems = make_problems("train", settings.grpo_steps * settings.grpo_prompts, seed=settings.seed + 1000)
@@ -192,7 +213,7 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
         reweight_c=settings.reweight_c,
     )
     trainer.train()
-    _save(trainer, tokenizer, out, settings, time.perf_counter() - start)
+    _save(trainer, tokenizer, out, settings, start)
 
 
 def _build_once(target: Path, build) -> Path:
