@@ -7,8 +7,9 @@ It covers printable ASCII and a few special tokens, and carries a ChatML-style c
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|endoftext|>", "<|unk|>"
@@ -23,8 +24,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Return a fresh character-level `PreTrainedTokenizerFast` (special tokens first, then printable ASCII)."""
+def build_tokenizer(extra_tokens: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Return a fresh character-level `PreTrainedTokenizerFast` (special tokens first, then printable ASCII).
+
+    `extra_tokens` are whole strings (words, a fixed instruction) added after those, each matched as one token.
+    """
     chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
@@ -40,4 +44,5 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="left",
     )
     tok.chat_template = CHAT_TEMPLATE
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in extra_tokens])
     return tok

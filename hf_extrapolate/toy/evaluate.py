@@ -1,0 +1,67 @@
+"""Sample completions for toy problems in batches and grade them, with 95% confidence intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_extrapolate.toy.task import format_prompt, is_correct
+
+MAX_NEW_TOKENS = 80  # the longest solution is about 60 characters
+T_95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% interval (Student t for under 11 values, else normal)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T_95.get(n, 1.96) * sd / math.sqrt(n)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[dict],
+    *,
+    k: int = 1,
+    do_sample: bool = True,
+    seed: int = 0,
+    batch_size: int = 64,
+    logits_processor: Sequence[LogitsProcessor] = (),
+    desc: str = "generate",
+) -> list[list[str]]:
+    """`k` completions per problem (sampled at temperature 1, or greedy), in the paper's prompt format."""
+    tokenizer.padding_side = "left"
+    prompts = [format_prompt(p["problem"], tokenizer) for p in problems]
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+        ids = model.generate(
+            **batch,
+            do_sample=do_sample,
+            temperature=1.0 if do_sample else None,
+            top_p=1.0 if do_sample else None,
+            top_k=0 if do_sample else None,
+            num_return_sequences=k,
+            max_new_tokens=MAX_NEW_TOKENS,
+            logits_processor=list(logits_processor),
+        )
+        texts = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        out.extend(texts[i : i + k] for i in range(0, len(texts), k))
+    return out
+
+
+def accuracy(problems: Sequence[dict], completions: Sequence[Sequence[str]]) -> list[float]:
+    """Per-problem share of correct completions (avg@k)."""
+    return [
+        sum(is_correct(c, p["answer"]) for c in cs) / len(cs) for p, cs in zip(problems, completions, strict=True)
+    ]

@@ -1,0 +1,67 @@
+"""Training-time reweighting along the RLVR direction (paper §3), as a thin subclass of TRL's `GRPOTrainer`.
+
+After GRPO has computed the advantages, every response token's advantage is multiplied by
+`w = 1 + c − c·π_old(y_t)` ("direction": low-probability tokens, the ones RL moves most, get up to `1 + c`)
+or by the paper's baseline `w = c·π_old(y_t) + 1 − c` ("dominate": favours high-probability tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from trl import GRPOTrainer
+
+Reweight = Literal["direction", "dominate"]
+REWEIGHTS: tuple[str, ...] = ("direction", "dominate")
+
+
+def direction_weights(old_logprobs: torch.Tensor, c: float) -> torch.Tensor:
+    """The paper's token weights `1 + c − c·exp(old_logprobs)`: 1 for a sure token, up to `1 + c` for a rare one."""
+    return 1 + c - c * old_logprobs.exp()
+
+
+def dominate_weights(old_logprobs: torch.Tensor, c: float) -> torch.Tensor:
+    """The paper's "Dominate" baseline `c·exp(old_logprobs) + 1 − c`, which favours high-probability tokens."""
+    return c * old_logprobs.exp() + 1 - c
+
+
+class DirectionalGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` whose per-token advantages are multiplied by `direction_weights` (or `dominate_weights`).
+
+    π_old is TRL's `old_per_token_logps` when it computed them (several iterations per batch, or steps that
+    do not line up with generation); otherwise π_old is the current policy, whose log-probs are then
+    recomputed without gradient, the one extra forward pass this costs. Text-only models.
+    With `reweight=None` or `reweight_c=0` the loss is exactly `GRPOTrainer`'s.
+    """
+
+    def __init__(self, *args: Any, reweight: Reweight | None = None, reweight_c: float = 0.2, **kwargs: Any):
+        if reweight is not None and reweight not in REWEIGHTS:
+            raise ValueError(f"reweight must be one of {REWEIGHTS} or None, got {reweight!r}")
+        if not 0 <= reweight_c <= 1:
+            raise ValueError(f"reweight_c must be in [0, 1] so that weights stay positive, got {reweight_c}")
+        super().__init__(*args, **kwargs)
+        self.reweight = reweight
+        self.reweight_c = reweight_c
+
+    def _compute_loss(self, model, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.reweight is None or self.reweight_c == 0:
+            return super()._compute_loss(model, inputs)
+        if "pixel_values" in inputs:
+            raise ValueError("DirectionalGRPOTrainer supports text-only models")
+        old_logps = inputs.get("old_per_token_logps")
+        if old_logps is None:
+            completion_ids = inputs["completion_ids"]
+            with torch.no_grad():
+                old_logps, _, _ = self._get_per_token_logps_and_entropies(
+                    model,
+                    torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+                    torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+                    completion_ids.size(1),
+                )
+        weight_fn = direction_weights if self.reweight == "direction" else dominate_weights
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        weights = weight_fn(old_logps.float(), self.reweight_c).to(advantages.dtype)
+        return super()._compute_loss(model, {**inputs, "advantages": advantages * weights})
