@@ -41,8 +41,8 @@ class DeltaLogpExtrapolation(LogitsProcessor):
     rebuilds it, so one processor can be reused across `generate` calls. Left padding is read from
     ``input_ids`` (leading ``pad_token_id`` tokens), as logits processors do not see the attention mask.
 
-    After `generate`, in selective mode, `flag_rate` is the mean probability that an emitted token was
-    resampled (the share of tokens changed), over every row and step since the cache was last rebuilt.
+    In selective mode `flag_rate` is the mean probability that an emitted token was resampled (the share of
+    tokens changed), over the rows still generating at every step since construction or `reset()`.
 
     Example:
 
@@ -87,27 +87,30 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         if pad_token_id is None:
             pad_token_id = base_model.generation_config.pad_token_id
         self.pad_token_id = pad_token_id
+        eos = getattr(tokenizer, "eos_token_id", None) or base_model.generation_config.eos_token_id
+        stops = [t for t in [pad_token_id, *(eos if isinstance(eos, list) else [eos])] if t is not None]
+        self._stop_ids = torch.tensor(stops or [-1])
         self.generator = generator
         self.reset()
 
     def reset(self) -> None:
-        """Drop the base model's cache (it is also rebuilt automatically whenever the prompt changes)."""
+        """Drop the base model's cache and the flag statistics (the cache is also rebuilt automatically
+        whenever the prompt changes)."""
         self._cache: DynamicCache | None = None
         self._ids: Tensor | None = None  # the token ids the cache holds, [batch, length]
         self._flag_sum: Tensor | None = None
-        self._steps = 0
+        self._steps: Tensor | None = None
 
     @property
     def flag_rate(self) -> float | None:
-        """Mean flag probability of the emitted tokens since the cache was rebuilt; ``None`` in full mode."""
-        return None if self._flag_sum is None else float(self._flag_sum) / self._steps
+        """Mean flag probability of the emitted tokens since construction or `reset()`; ``None`` in full mode."""
+        return None if self._flag_sum is None else float(self._flag_sum) / max(float(self._steps), 1.0)
 
     def _sync(self, input_ids: Tensor) -> int:
         """Make the cache a prefix of ``input_ids``; return the position from which tokens must be fed."""
         cached = self._ids
         if cached is None or cached.shape[0] != input_ids.shape[0]:
             self._cache = DynamicCache(config=self.base_model.config)
-            self._flag_sum, self._steps = None, 0
             return 0
         n = min(cached.shape[1], input_ids.shape[1])
         same = cached[:, :n] == input_ids[:, :n]
@@ -122,7 +125,6 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         n = min(n, input_ids.shape[1] - 1)  # always feed at least one token
         if n == 0:
             self._cache = DynamicCache(config=self.base_model.config)
-            self._flag_sum, self._steps = None, 0
         elif n < cached.shape[1]:
             self._cache.crop(n - cached.shape[1])
         return n
@@ -151,8 +153,11 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         width = shared_vocab_size(scores.shape[-1], base.shape[-1], self.tokenizer_size)
         logp, flag = combine(scores[:, :width], base[:, :width], self.config, self.generator)
         if flag is not None:
-            self._flag_sum = flag.sum() if self._flag_sum is None else self._flag_sum + flag.sum()
-            self._steps += flag.numel()
+            # rows that have finished (their last token is padding or EOS) are not emitting anything
+            active = ~torch.isin(input_ids[:, -1], self._stop_ids.to(input_ids.device)).to(flag.device)
+            total, count = (flag * active).sum(), active.sum()
+            self._flag_sum = total if self._flag_sum is None else self._flag_sum + total
+            self._steps = count if self._steps is None else self._steps + count
         if width == scores.shape[-1]:
             return logp
         return torch.cat([logp, logp.new_full((logp.shape[0], scores.shape[-1] - width), NEG_INF)], dim=-1)

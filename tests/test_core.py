@@ -391,3 +391,19 @@ def test_assisted_decoding_rollbacks_keep_the_processor_exact(pair, tokenizer):
     proc = DeltaLogpExtrapolation(base, gamma=0.5, tokenizer=tokenizer)
     enc = encode(tokenizer, prompt)
     assert torch.equal(greedy(rl, enc, logits_processor=[proc], assistant_model=draft), ref)
+
+
+def test_flag_rate_counts_emitting_rows_across_calls(pair, tokenizer):
+    rl, base = pair
+    enc = encode(tokenizer)
+    for select, threshold, expected in (("all", None, 1.0), ("none", None, 0.0), ("random", 0.3, 0.3)):
+        proc = DeltaLogpExtrapolation(base, select=select, threshold=threshold, tokenizer=tokenizer)
+        for _ in range(2):  # a second call with the same processor adds to the same statistics
+            rl.generate(**enc, logits_processor=[proc], do_sample=True, max_new_tokens=6, pad_token_id=0)
+        assert proc.flag_rate == pytest.approx(expected, abs=1e-6)
+    proc = DeltaLogpExtrapolation(base, gamma=0.5, select="delta_logp", threshold=-0.3, tokenizer=tokenizer)
+    greedy(rl, enc, logits_processor=[proc])
+    assert 0.0 < proc.flag_rate < 1.0
+    proc.reset()
+    assert proc.flag_rate is None
+    assert DeltaLogpExtrapolation(base, gamma=0.5).flag_rate is None
