@@ -10,14 +10,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 
 def check_tokenizers(rl_tokenizer: Any, base_tokenizer: Any, rl_name: str = "RL", base_name: str = "base") -> None:
-    """Refuse a pair whose tokenizers map the shared ids to different tokens (extrapolation needs one vocabulary)."""
-    n = min(len(rl_tokenizer), len(base_tokenizer))
-    rl_vocab = {t: i for t, i in rl_tokenizer.get_vocab().items() if i < n}
-    base_vocab = {t: i for t, i in base_tokenizer.get_vocab().items() if i < n}
+    """Refuse a pair whose tokenizers differ: extrapolation needs one vocabulary, and a token only one of them
+    knows (an added chat token, say) would reach a model that cannot embed it."""
+    rl_vocab, base_vocab = rl_tokenizer.get_vocab(), base_tokenizer.get_vocab()
     if rl_vocab != base_vocab:
         diff = sorted(set(rl_vocab.items()) ^ set(base_vocab.items()), key=lambda kv: kv[1])[:3]
         raise ValueError(
-            f"the tokenizers of {rl_name!r} ({len(rl_tokenizer)} tokens) and {base_name!r} ({len(base_tokenizer)} "
+            f"the tokenizers of {rl_name!r} ({len(rl_vocab)} tokens) and {base_name!r} ({len(base_vocab)} "
             f"tokens) disagree (e.g. {diff}); Δlog p extrapolation needs both models to share one tokenizer"
         )
 
