@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("hf_extrapolate.commands:register_generate", "generate from an extrapolated pair, streamed"),
     "export": ("hf_extrapolate.commands:register_export", "write a pair folder for AutoModelForCausalLM / lm_eval"),
+    "quickstart": ("hf_extrapolate.toy.quickstart", "train or reuse the toy pair; compare base, RL, extrapolation"),
     "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
 }
 
