@@ -13,7 +13,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("hf_extrapolate.toy.quickstart", "train or reuse the toy pair; compare base, RL, extrapolation"),
     "generate": ("hf_extrapolate.commands:register_generate", "generate from an extrapolated pair, streamed"),
     "export": ("hf_extrapolate.commands:register_export", "write a pair folder for AutoModelForCausalLM / lm_eval"),
-    "quickstart": ("hf_extrapolate.toy.quickstart", "train or reuse the toy pair; compare base, RL, extrapolation"),
     "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
     "analyze": ("hf_extrapolate.analysis.command", "Δlog p vs entropy and KL on a model pair, and token replacement"),
     "train-toy": ("hf_extrapolate.toy.command", "train (or reuse) the toy base/RLVR pair"),
