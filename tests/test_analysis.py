@@ -110,8 +110,8 @@ def test_replacement_extremes_equal_each_model_alone(pair, tokenizer, temperatur
 
 
 def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
-    """Over every generated step (finished rows included, as the processor counts them), the teacher-forced
-    replacement probability averages to the processor's own flag rate."""
+    """Over the generated steps of rows still generating (the previous token is not padding or EOS, as the
+    processor counts them), the teacher-forced replacement probability averages to the processor's flag rate."""
     rl, base = pair
     sampling = Sampling(samples=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=0, eos_token_id=(2,))
     runs = (("forward", "delta_logp", -0.3), ("reverse", "kl", 0.05), ("forward", "random", 0.2))
@@ -124,7 +124,9 @@ def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
         m = replacement_probability(
             rl, base, batch.sequences, batch.attention_mask | generated, generated, proc.config, vocab_size=VOCAB
         )
-        share = m[generated].mean().item()
+        previous = torch.nn.functional.pad(batch.sequences[:, :-1], (1, 0))
+        emitting = generated & ~torch.isin(previous, torch.tensor([0, 2]))  # pad 0, EOS 2
+        share = m[emitting].mean().item()
         assert 0.0 < share < 1.0
         assert math.isclose(share, proc.flag_rate, rel_tol=1e-4, abs_tol=1e-6), (metric, share, proc.flag_rate)
 
