@@ -8,7 +8,9 @@ import os
 import sys
 
 # sub-command -> (module exposing `register(subparsers)`, one-line help); modules are imported only when run
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("hf_extrapolate.bench", "decoding speed and peak memory of extrapolation against the RL model alone"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
