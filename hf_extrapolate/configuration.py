@@ -88,6 +88,11 @@ class ExtrapolationConfig:
         """``(w_base, w_rl)``: the explicit weights, else ``(−γ, 1 + γ)``."""
         return self.weights if self.weights is not None else (-self.gamma, 1.0 + self.gamma)
 
+    @property
+    def is_identity(self) -> bool:
+        """True when the settings leave the RL model's distribution unchanged (full mode, γ = 0, no warping)."""
+        return self.select is None and self.model_weights == (0.0, 1.0) and self.temperature == 1 and self.top_p == 1
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["weights"] = list(self.weights) if self.weights is not None else None
@@ -114,3 +119,4 @@ class ExtrapolatedConfig(PretrainedConfig):
     base_model_name_or_path: str | None = None
     extrapolation: dict | None = None
     vocab_size: int | None = None
+    max_position_embeddings: int | None = None

@@ -120,7 +120,9 @@ def combine(
         config: the settings.
         generator: random source for the greedy ``random`` criterion.
 
-    Full mode returns ``log π_X'`` (π_X after the config's temperature and top-p) and ``None``.
+    Tokens that ``rl_scores`` masks with −inf (other logits processors) are masked on the base side as well,
+    so no mode can emit them. Full mode returns ``log π_X'`` (π_X after the config's temperature and top-p)
+    and ``None``.
     Selective mode returns the log of the two-stage sampler's exact distribution
 
         P(y) = π_P'(y) · (1 − f(y)) + m · π_X'(y),   m = Σ_x π_P'(x) f(x),
@@ -129,6 +131,8 @@ def combine(
     chance that the emitted token was resampled (shape ``[...]``). With temperature 0 it returns the
     one-hot distribution of the greedy algorithm: the proposer's argmax, or π_X's argmax where flagged.
     """
+    # tokens the RL scores mask (other processors: min_new_tokens, bad words, ...) are masked for the base too
+    base_scores = base_scores.float().masked_fill(torch.isneginf(rl_scores), NEG_INF)
     logp_rl, logp_base = log_probs(rl_scores), log_probs(base_scores)
     if config.select is None:
         return sampling_log_probs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -41,8 +42,15 @@ def quantization(
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def check_location(name_or_path: str, role: str) -> None:
+    """A local-looking path that does not exist is a typo, not a hub id: say so plainly."""
+    if str(name_or_path).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ValueError(f"the {role} model folder {name_or_path!r} does not exist")
+
+
 def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained` with one clear error line when the model cannot be found."""
+    check_location(name_or_path, role)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
     except OSError as err:
@@ -51,6 +59,7 @@ def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
 
 
 def load_tokenizer(name_or_path: str, role: str, **kwargs: Any) -> Any:
+    check_location(name_or_path, role)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, TypeError) as err:
@@ -88,3 +97,39 @@ def load_pair(
     rl_model = load_model(rl, "RL", device_map=device_map, **common)
     base_model = load_model(base, "base", device_map=base_device_map or device_map, **common)
     return rl_model, base_model, tokenizer
+
+
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "nf4": 0.5}
+
+
+def model_memory(config: Any, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1) -> dict[str, float]:
+    """Parameters, weight memory for ``dtype`` (``float32``, ``bfloat16``, ``float16``, ``int8``, or ``nf4`` for
+    bitsandbytes 4-bit) and KV-cache memory for ``batch`` × ``tokens`` (bf16 cache unless float32), from a config."""
+    from accelerate import init_empty_weights
+
+    if dtype not in BYTES_PER_PARAM:
+        raise ValueError(f"dtype must be one of {', '.join(BYTES_PER_PARAM)}, got {dtype!r}")
+    with init_empty_weights():
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * (4 if dtype == "float32" else 2) * tokens * batch
+    return {"parameters": params, "weights_gib": params * BYTES_PER_PARAM[dtype] / 2**30, "kv_cache_gib": kv / 2**30}
+
+
+def estimate_memory(
+    rl: str, base: str, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """`model_memory` of both models of a pair, from their configs alone (no weights are read), and the total."""
+    from transformers import AutoConfig
+
+    report: dict[str, Any] = {"dtype": dtype, "tokens": tokens, "batch": batch}
+    for role, name in (("rl", rl), ("base", base)):
+        try:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise ValueError(f"cannot read the {role} model's config {name!r}: {str(err).splitlines()[0]}") from err
+        report[role] = {"name": name, **model_memory(config, dtype, tokens, batch)}
+    report["total_gib"] = sum(report[r]["weights_gib"] + report[r]["kv_cache_gib"] for r in ("rl", "base"))
+    return report

@@ -9,7 +9,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForCausalLM, Cache, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Cache,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig
@@ -215,18 +224,10 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             names = {"rl": "rl", "base": "base"}
         else:
             names = {k: str(Path(v).resolve()) if Path(v).is_dir() else v for k, v in names.items()}
-        self.config.rl_model_name_or_path, self.config.base_model_name_or_path = names["rl"], names["base"]
-        self.config.extrapolation = self.extrapolation.to_dict()
-        self.config.architectures = [type(self).__name__]
-        self.config.auto_map = {
-            "AutoConfig": f"{SHIM_FILE[:-3]}.ExtrapolatedConfig",
-            "AutoModelForCausalLM": f"{SHIM_FILE[:-3]}.ExtrapolatedForCausalLM",
-        }
-        self.config.save_pretrained(out)
-        self.generation_config.save_pretrained(out)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
-        (out / SHIM_FILE).write_text(SHIM)
+        write_pair_folder(
+            out, names["rl"], names["base"], self.extrapolation, self.tokenizer, self.generation_config,
+            context_length(self.rl.config, self.base.config),
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -264,3 +265,46 @@ def register_auto_classes() -> None:
     """Let the Auto classes resolve ``model_type="hf_extrapolate"`` once this package is imported."""
     AutoConfig.register(ExtrapolatedConfig.model_type, ExtrapolatedConfig, exist_ok=True)
     AutoModelForCausalLM.register(ExtrapolatedConfig, ExtrapolatedForCausalLM, exist_ok=True)
+
+
+def context_length(*configs: PretrainedConfig) -> int | None:
+    """The shorter of the models' context lengths, where their configs state one."""
+    lengths = [getattr(c.get_text_config(), "max_position_embeddings", None) for c in configs]
+    return min((n for n in lengths if n), default=None)
+
+
+def write_pair_folder(
+    out: str | os.PathLike,
+    rl: str,
+    base: str,
+    extrapolation: ExtrapolationConfig,
+    tokenizer: Any = None,
+    generation_config: GenerationConfig | None = None,
+    max_position_embeddings: int | None = None,
+) -> None:
+    """Write a loadable pair folder (config naming both models, settings, tokenizer, shim) without weights.
+
+    `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` then loads both models from ``rl`` and
+    ``base`` (hub ids, absolute paths, or paths relative to ``out``). ``max_position_embeddings`` (the
+    shorter context of the two) is recorded so that tools such as lm-eval know the pair's context length.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ExtrapolatedConfig(
+        rl_model_name_or_path=rl,
+        base_model_name_or_path=base,
+        extrapolation=extrapolation.to_dict(),
+        architectures=[ExtrapolatedForCausalLM.__name__],
+        auto_map={
+            "AutoConfig": f"{SHIM_FILE[:-3]}.ExtrapolatedConfig",
+            "AutoModelForCausalLM": f"{SHIM_FILE[:-3]}.ExtrapolatedForCausalLM",
+        },
+        is_encoder_decoder=False,
+        max_position_embeddings=max_position_embeddings,
+    )
+    config.save_pretrained(out)
+    if generation_config is not None:
+        generation_config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    (out / SHIM_FILE).write_text(SHIM)

@@ -145,6 +145,8 @@ class DeltaLogpExtrapolation(LogitsProcessor):
 
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.config.is_identity:  # γ = 0: exactly the RL model, and no base forward at all
+            return scores
         base = self.base_log_probs(input_ids).to(scores.device)
         width = shared_vocab_size(scores.shape[-1], base.shape[-1], self.tokenizer_size)
         logp, flag = combine(scores[:, :width], base[:, :width], self.config, self.generator)
