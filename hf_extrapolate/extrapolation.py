@@ -19,7 +19,7 @@ NEG_INF = float("-inf")
 def log_probs(scores: Tensor) -> Tensor:
     """``log_softmax`` in float32; a row that is entirely −inf stays −inf instead of becoming NaN."""
     scores = scores.float()
-    return torch.log_softmax(scores, dim=-1).masked_fill_(torch.isneginf(scores), NEG_INF)
+    return torch.log_softmax(scores, dim=-1).masked_fill(torch.isneginf(scores), NEG_INF)
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -42,11 +42,10 @@ def extrapolated_log_probs(logp_rl: Tensor, logp_base: Tensor, weights: tuple[fl
     """
     w_base, w_rl = weights
     inf = torch.inf
-    base = logp_base.nan_to_num(nan=inf, posinf=inf, neginf=inf)  # non-finite -> +inf, to find the floor
-    floor = base.amin(-1, keepdim=True)
-    base = torch.nan_to_num(logp_base, nan=-inf, posinf=-inf, neginf=-inf, out=base).clamp_(min=floor)
-    mixed = (logp_rl * w_rl).add_(base.mul_(w_base))
-    return log_probs(mixed.masked_fill_(torch.isneginf(logp_rl), NEG_INF))
+    floor = logp_base.nan_to_num(nan=inf, posinf=inf, neginf=inf).amin(-1, keepdim=True)  # smallest finite
+    base = logp_base.nan_to_num(nan=-inf, posinf=-inf, neginf=-inf).clamp(min=floor)  # non-finite -> floor
+    mixed = logp_rl * w_rl + base * w_base
+    return log_probs(mixed.masked_fill(torch.isneginf(logp_rl), NEG_INF))
 
 
 def sampling_log_probs(logp: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -163,8 +162,8 @@ def combine(
         choice = torch.where(f > 0, logp_x.argmax(-1, keepdim=True), proposal)
         return torch.full_like(logp_prop, NEG_INF).scatter_(-1, choice, 0.0), f.squeeze(-1)
 
-    p_prop = sampling_log_probs(logp_prop, config.temperature, config.top_p).exp_()
-    p_x = sampling_log_probs(logp_x, config.temperature, config.top_p).exp_()
+    p_prop = sampling_log_probs(logp_prop, config.temperature, config.top_p).exp()
+    p_x = sampling_log_probs(logp_x, config.temperature, config.top_p).exp()
     m = (p_prop * flag).sum(-1, keepdim=True)
-    mixture = p_prop.mul_(1.0 - flag).add_(p_x.mul_(m))
-    return mixture.log_(), m.squeeze(-1)
+    mixture = p_prop * (1.0 - flag) + p_x * m
+    return mixture.log(), m.squeeze(-1)
