@@ -38,7 +38,8 @@ VARIANTS: dict[str, str] = {
     "nocache": "the reference code's way: the base model re-reads the whole prefix at every step",
 }
 EXTRAPOLATING = ("processor", "wrapper", "selective")
-# Llama shapes: "cpu" is the same-size pair the CPU targets are set on, the others are 0.5B/1.5B (Qwen2-like) for GPUs
+# Llama shapes: "cpu" is the same-size pair the CPU targets are set on, "0.5b"/"1.5b" (Qwen2-like) are for GPUs,
+# "tiny" is for smoke tests of the benchmark itself
 PRESETS: dict[str, dict[str, int]] = {
     "cpu": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8,
                 num_key_value_heads=8, vocab_size=32000),
@@ -46,6 +47,8 @@ PRESETS: dict[str, dict[str, int]] = {
                  num_key_value_heads=2, vocab_size=151936),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936),
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000),
 }  # fmt: skip
 GAMMA, THRESHOLD = 0.5, -0.3
 PAD_ID = 0
