@@ -7,9 +7,16 @@ import importlib
 import os
 import sys
 
-# sub-command -> (module exposing `register(subparsers)`, one-line help); modules are imported only when run
+# sub-command -> ("module" exposing `register(subparsers)`, or "module:function", one-line help);
+# a command's module is imported only when that command runs
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("hf_extrapolate.toy.quickstart", "train or reuse the toy pair; compare base, RL, extrapolation"),
+    "generate": ("hf_extrapolate.commands:register_generate", "generate from an extrapolated pair, streamed"),
+    "export": ("hf_extrapolate.commands:register_export", "write a pair folder for AutoModelForCausalLM / lm_eval"),
+    "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
+    "analyze": ("hf_extrapolate.analysis.command", "Δlog p vs entropy and KL on a model pair, and token replacement"),
     "train-toy": ("hf_extrapolate.toy.command", "train (or reuse) the toy base/RLVR pair"),
+    "bench": ("hf_extrapolate.bench", "decoding speed and peak memory of extrapolation against the RL model alone"),
 }
 
 
@@ -18,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-extrapolate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (target, help_text) in COMMANDS.items():
         if name == wanted:
-            importlib.import_module(module).register(sub)
+            module, _, function = target.partition(":")
+            getattr(importlib.import_module(module), function or "register")(sub)
         else:  # `--help` lists every command without importing the heavy modules behind them
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)

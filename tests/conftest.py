@@ -14,14 +14,30 @@ def tiny_model(arch: str = "llama", vocab_size: int = 103, seed: int = 0) -> Pre
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
         )
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+            initializer_range=0.2,
         )
     else:
         raise ValueError(arch)

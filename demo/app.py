@@ -1,0 +1,522 @@
+"""Gradio demo: base, RL and Δlog p-extrapolated outputs side by side, every token coloured by Δlog p.
+
+    python demo/app.py                                   # the project's toy pair (trained on first run)
+    python demo/app.py --rl ORG/RL-MODEL --base ORG/BASE-MODEL --dtype bfloat16 --device-map auto
+
+The models are fixed at launch: nothing a web user sends names a model or a path. The three outputs are
+generated at once, each with its own random generator seeded by the same seed, and streamed; when an
+output ends, its tokens are scored teacher-forced under both models for the colours and tooltips.
+"""
+
+import argparse
+import html
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gradio as gr
+import torch
+from torch import Tensor
+from transformers import LogitsProcessor, PreTrainedModel, StoppingCriteria
+from transformers.generation import BaseStreamer
+
+from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig, load_pair
+from hf_extrapolate.configuration import CRITERIA
+from hf_extrapolate.extrapolation import NEG_INF, combine, extrapolated_log_probs, log_probs, sampling_log_probs
+from hf_extrapolate.processor import model_device, shared_vocab_size
+
+COLUMNS = ("base", "rl", "extrapolated")
+TITLES = {"base": "Base model π_B", "rl": "RL model π_R", "extrapolated": "Extrapolated π_X"}
+# "random" is left out: its greedy flags are fresh coin flips that teacher-forced scoring cannot recover
+DEMO_CRITERIA = [c for c in CRITERIA if c != "random"]
+GAMMA_RANGE = (-1.0, 4.0)  # γ = −1 is the base model, 0 the RL model
+DELTA_SCALE = 2.0  # |Δlog p| at which a token's colour saturates
+TOP_K = 5  # alternatives shown per model in a token's tooltip
+BLUE, RED = (37, 99, 235), (220, 38, 38)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; set at launch."""
+
+    max_prompt_chars: int = 4000
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 256
+
+
+@dataclass
+class Column:
+    """One output as it streams: its token ids, then (once finished) its per-token statistics."""
+
+    ids: list[int] = field(default_factory=list)
+    done: bool = False
+    tokens: list[dict] | None = None
+    flag_rate: float | None = None
+
+
+class _Feed(BaseStreamer):
+    """Puts ``(column, new token ids)`` on a shared queue, and ``(column, None)`` at the end."""
+
+    def __init__(self, column: str, events: queue.Queue):
+        self.column, self.events, self.prompt_seen = column, events, False
+
+    def put(self, value: Tensor) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.events.put((self.column, value.flatten().tolist()))
+
+    def end(self) -> None:
+        self.events.put((self.column, None))
+
+
+class SeededSampling(LogitsProcessor):
+    """Draw the next token with temperature and top-p from a private seeded generator and return it one-hot.
+
+    `generate` (run greedily) then emits it. Each output gets its own generator, so outputs generated at
+    the same time on shared models stay reproducible; temperature 0 is greedy decoding.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seed: int):
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.generator is None:  # on the device of the scores (the last shard of a split model)
+            self.generator = torch.Generator(scores.device).manual_seed(self.seed)
+        probs = sampling_log_probs(log_probs(scores), self.temperature, self.top_p).exp()
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        return torch.full_like(scores, NEG_INF).scatter_(-1, choice, 0.0)
+
+
+class _StopOn(StoppingCriteria):
+    """Stops generation once the event is set (the request was cancelled or failed)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def token_stats(
+    rl: PreTrainedModel, base: PreTrainedModel, tokenizer: Any, ids: Tensor, start: int,
+    config: ExtrapolationConfig, resampled: bool,
+) -> list[dict]:  # fmt: skip
+    """Teacher-forced statistics of the tokens ``ids[start:]`` (1-D ``ids``): Δlog p, log-probs, the top
+    alternatives under π_B, π_R and π_X, and, if ``resampled``, the chance the selective sampler drew the
+    token from π_X (``m · π_X'(y) / P(y)``, exact given the context; 0/1 when greedy)."""
+    keep = len(ids) - start + 1  # the logits predicting ids[start:], and one more
+    rl_logits = rl(ids[None].to(model_device(rl)), logits_to_keep=keep).logits[0, :-1]
+    base_logits = base(ids[None].to(model_device(base)), logits_to_keep=keep).logits[0, :-1].to(rl_logits.device)
+    width = shared_vocab_size(rl_logits.shape[-1], base_logits.shape[-1], len(tokenizer))
+    logp_rl, logp_base = log_probs(rl_logits[:, :width]), log_probs(base_logits[:, :width])
+    logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
+    target = ids[start:].to(rl_logits.device)
+    inside = target < width  # a model may emit an id beyond the shared vocabulary (a padding row)
+    index = target.clamp(max=width - 1)[:, None]
+
+    def at(logp: Tensor) -> list[float]:
+        return logp.gather(-1, index)[:, 0].masked_fill(~inside, float("nan")).tolist()
+
+    chance = None
+    if resampled and config.select is not None:
+        mixture, m = combine(logp_rl, logp_base, config)
+        logp_x_sampled = sampling_log_probs(logp_x, config.temperature, config.top_p)
+        ratio = m.log() + logp_x_sampled.gather(-1, index)[:, 0] - mixture.gather(-1, index)[:, 0]
+        chance = ratio.exp().nan_to_num(0.0).clamp(0.0, 1.0).tolist()
+    tops = {}
+    for name, logp in (("base", logp_base), ("rl", logp_rl), ("extrapolated", logp_x)):
+        values, top_ids = logp.topk(min(TOP_K, width), dim=-1)
+        tops[name] = (values.exp().tolist(), top_ids.tolist())
+    texts = tokenizer.batch_decode([[i] for i in ids[start:].tolist()])
+    out = []
+    for t, (token_id, text, lp_b, lp_r) in enumerate(zip(ids[start:].tolist(), texts, at(logp_base), at(logp_rl))):
+        out.append({
+            "token": text, "id": token_id, "logp_base": lp_b, "logp_rl": lp_r, "delta_logp": lp_r - lp_b,
+            "top": {
+                name: [[tokenizer.decode([i]), round(p, 4)] for p, i in zip(probs[t], top_ids[t])]
+                for name, (probs, top_ids) in tops.items()
+            },
+            "resampled": None if chance is None else chance[t],
+        })  # fmt: skip
+    return out
+
+
+def _colour(delta: float) -> str:
+    if delta != delta:  # NaN: not scored
+        return "transparent"
+    alpha = min(abs(delta) / DELTA_SCALE, 1.0) * 0.8
+    r, g, b = BLUE if delta > 0 else RED
+    return f"rgba({r},{g},{b},{alpha:.2f})"
+
+
+def _tooltip(tok: dict, gamma: float) -> str:
+    lines = [f"{tok['token']!r}   Δlog p = {tok['delta_logp']:+.3f}   (log p: base {tok['logp_base']:.3f}, "
+             f"RL {tok['logp_rl']:.3f})"]  # fmt: skip
+    labels = {"base": "base", "rl": "RL", "extrapolated": f"π_X (γ={gamma:g})"}
+    for name, alternatives in tok["top"].items():
+        lines.append(f"{labels[name]}: " + "  ".join(f"{t!r} {p:.0%}" for t, p in alternatives))
+    if tok["resampled"] is not None:
+        lines.append(f"resampled from π_X with probability {tok['resampled']:.2f}")
+    return "\n".join(lines)
+
+
+def _box(inner: str, note: str = "") -> str:
+    note = f'<div class="hfx-note">{html.escape(note)}</div>' if note else ""
+    return f'<div class="hfx-out">{inner}</div>{note}'
+
+
+def render(column: Column, tokenizer: Any, gamma: float) -> str:
+    """One output as HTML: plain text while streaming; once scored, coloured token spans whose card (shown on
+    hover or click) lists the top alternatives under each model."""
+    if column.tokens is None:
+        return _box(html.escape(tokenizer.decode(column.ids)), "" if column.done else "generating…")
+    spans = []
+    for tok in column.tokens:
+        text = "↵\n" if tok["token"] == "\n" else tok["token"]
+        changed = tok["resampled"] is not None and tok["resampled"] >= 0.5
+        spans.append(
+            f'<span class="hfx-tok{" hfx-changed" if changed else ""}" tabindex="0" '
+            f'style="background:{_colour(tok["delta_logp"])}" data-tip="{html.escape(_tooltip(tok, gamma))}">'
+            f"{html.escape(text)}</span>"
+        )
+    note = f"{len(column.tokens)} tokens"
+    if column.flag_rate is not None:
+        changed = sum(t["resampled"] >= 0.5 for t in column.tokens)
+        note += f" · {changed} marked as resampled · expected resampled share {column.flag_rate:.1%}"
+    return _box("".join(spans), note)
+
+
+# scoped to each output component by gr.HTML (a JS template string: no dollar-brace in here)
+OUTPUT_CSS = """
+.hfx-out { white-space: pre-wrap; font-family: ui-monospace, monospace; line-height: 1.7; min-height: 6em;
+           padding: .5em; border: 1px solid #8884; border-radius: 6px; }
+.hfx-note { opacity: .7; font-size: .85em; margin-top: .4em; }
+.hfx-tok { position: relative; border-radius: 3px; cursor: help; }
+.hfx-tok:hover, .hfx-tok:focus { outline: 1px solid #000a; }
+.hfx-changed { outline: 2px solid currentColor; font-weight: 700; }
+.hfx-tok:hover::after, .hfx-tok:focus::after {
+  content: attr(data-tip); position: absolute; left: 0; top: 1.8em; z-index: 50; white-space: pre;
+  background: #111d; color: #fff; font-size: 12px; font-weight: 400; line-height: 1.4; padding: 6px 8px;
+  border-radius: 6px; pointer-events: none; }
+"""
+
+
+class DemoModels:
+    """The RL/base pair and tokenizer fixed at launch, and the request limits."""
+
+    def __init__(self, rl: PreTrainedModel, base: PreTrainedModel, tokenizer: Any, limits: Limits):
+        self.rl, self.base, self.tokenizer, self.limits = rl, base, tokenizer, limits
+        stop = {tokenizer.eos_token_id, *_as_list(rl.generation_config.eos_token_id)}
+        stop |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",) if t in tokenizer.all_special_tokens}
+        self.stop_ids = sorted(i for i in stop if i is not None)
+        self.pad_id = next((i for i in (tokenizer.pad_token_id, *self.stop_ids) if i is not None), None)
+        positions = [getattr(m.config, "max_position_embeddings", None) for m in (rl, base)]
+        self.context = min((p for p in positions if p), default=2**31)
+
+    def encode(self, prompt: str) -> Tensor:
+        """The prompt as model input (inside the chat template when the tokenizer has one), within the limits."""
+        if not prompt or not prompt.strip():
+            raise gr.Error("Type a prompt first.")
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise gr.Error(f"The prompt has {len(prompt)} characters; this demo takes at most "
+                           f"{self.limits.max_prompt_chars}.")  # fmt: skip
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = prompt
+        ids = self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt").input_ids
+        if ids.shape[1] > self.limits.max_prompt_tokens:
+            raise gr.Error(f"The prompt is {ids.shape[1]} tokens long; this demo takes at most "
+                           f"{self.limits.max_prompt_tokens}.")  # fmt: skip
+        return ids
+
+    def config(
+        self, gamma: float, mode: str, criterion: str, tau: float, decoding: str, temperature: float, top_p: float
+    ) -> ExtrapolationConfig:
+        """Validate the request's extrapolation and sampling settings (a clear `gr.Error` when they are wrong)."""
+        if mode not in ("full", "selective"):
+            raise gr.Error(f"mode must be 'full' or 'selective', got {mode!r}.")
+        if decoding not in ("greedy", "sample"):
+            raise gr.Error(f"decoding must be 'greedy' or 'sample', got {decoding!r}.")
+        if mode == "selective" and criterion not in DEMO_CRITERIA:
+            raise gr.Error(f"criterion must be one of {', '.join(DEMO_CRITERIA)}; got {criterion!r}.")
+        if not GAMMA_RANGE[0] <= gamma <= GAMMA_RANGE[1]:
+            raise gr.Error(f"γ must be within [{GAMMA_RANGE[0]:g}, {GAMMA_RANGE[1]:g}], got {gamma!r}.")
+        try:
+            return ExtrapolationConfig(
+                gamma=gamma, select=criterion if mode == "selective" else None,
+                threshold=tau if mode == "selective" else None,
+                temperature=0.0 if decoding == "greedy" else temperature, top_p=top_p,
+            )  # fmt: skip
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+
+    def stream(
+        self, prompt: str, config: ExtrapolationConfig, max_new_tokens: float, seed: float
+    ) -> Iterator[dict[str, Column]]:
+        """Generate the three outputs at once; yield their state whenever new tokens arrive, scored at the end."""
+        max_new_tokens = _integer("max new tokens", max_new_tokens, 1, self.limits.max_new_tokens)
+        seed = _integer("seed", seed, 0, 2**63 - 1)
+        prompt_ids = self.encode(prompt)
+        if prompt_ids.shape[1] + max_new_tokens > self.context:
+            raise gr.Error(f"The prompt ({prompt_ids.shape[1]} tokens) and {max_new_tokens} new tokens exceed the "
+                           f"models' context of {self.context} tokens; ask for fewer new tokens.")  # fmt: skip
+        events: queue.Queue = queue.Queue()
+        stop, errors = threading.Event(), []
+        columns = {name: Column() for name in COLUMNS}
+        models = {"base": self.base, "rl": self.rl, "extrapolated": self.rl}
+        extrapolation = DeltaLogpExtrapolation(  # applies temperature and top-p to π_X itself
+            self.base, config.gamma, select=config.select, threshold=config.threshold,
+            temperature=config.temperature, top_p=config.top_p, tokenizer=self.tokenizer,
+        )  # fmt: skip
+        processors = {
+            name: [
+                *([extrapolation] if name == "extrapolated" else []),
+                SeededSampling(*((1.0, 1.0) if name == "extrapolated" else (config.temperature, config.top_p)), seed),
+            ]
+            for name in COLUMNS
+        }
+
+        def run(name: str) -> None:
+            model = models[name]
+            ids = prompt_ids.to(model_device(model))
+            try:
+                model.generate(
+                    ids, attention_mask=torch.ones_like(ids),
+                    do_sample=False, max_new_tokens=max_new_tokens, logits_processor=processors[name],
+                    stopping_criteria=[_StopOn(stop)], streamer=_Feed(name, events), eos_token_id=self.stop_ids,
+                    pad_token_id=self.pad_id, repetition_penalty=1.0,
+                )  # fmt: skip
+            except Exception as err:  # reported to the user once every thread has ended
+                errors.append(err)
+                stop.set()
+                events.put((name, None))
+
+        threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in COLUMNS]
+        for thread in threads:
+            thread.start()
+        try:
+            pending = set(COLUMNS)
+            while pending:
+                batch = [events.get()]
+                while not events.empty():  # one update for everything that has arrived
+                    batch.append(events.get_nowait())
+                for name, ids in batch:
+                    if ids is not None:
+                        columns[name].ids.extend(ids)
+                    elif name in pending:
+                        pending.discard(name)
+                        columns[name].done = True
+                yield columns
+                for name in [n for n in COLUMNS if columns[n].done and columns[n].tokens is None and not errors]:
+                    self._score(name, columns[name], prompt_ids[0], config)
+                    if name == "extrapolated":
+                        columns[name].flag_rate = extrapolation.flag_rate
+                    yield columns
+            if errors:
+                raise gr.Error(f"generation failed: {errors[0]}")
+        finally:  # also runs when the request is cancelled: stop the threads
+            stop.set()
+
+    def _score(self, name: str, column: Column, prompt_ids: Tensor, config: ExtrapolationConfig) -> None:
+        ids = torch.cat([prompt_ids, torch.tensor(column.ids, dtype=prompt_ids.dtype)])
+        column.tokens = token_stats(
+            self.rl, self.base, self.tokenizer, ids, len(prompt_ids), config, name == "extrapolated"
+        ) if column.ids else []  # fmt: skip
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]`` (integral floats, as number boxes send, are accepted)."""
+    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
+    if not (whole and low <= value <= high):
+        raise gr.Error(f"{name} must be a whole number between {low} and {high}, got {value!r}.")
+    return int(value)
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def summary(columns: dict[str, Column], config: ExtrapolationConfig, tokenizer: Any) -> dict:
+    """The JSON result: settings, then per output its text and per-token statistics."""
+    return {
+        "settings": config.to_dict(),
+        "outputs": {
+            name: {
+                "text": tokenizer.decode(col.ids, skip_special_tokens=True),
+                "tokens": col.tokens,
+                "expected_resampled_share": col.flag_rate,
+            }
+            for name, col in columns.items()
+        },
+    }
+
+
+LEGEND = (
+    "Each output token is coloured by <b>Δlog p = log π_R − log π_B</b> in its context: "
+    f'<span style="background:rgba({",".join(map(str, BLUE))},.6);padding:0 .3em">blue</span> where RL raised it, '
+    f'<span style="background:rgba({",".join(map(str, RED))},.6);padding:0 .3em">red</span> where RL lowered it '
+    f"(full colour at |Δlog p| ≥ {DELTA_SCALE:g}). Hover over or click a token for its top alternatives "
+    "under π_B, π_R and π_X. In selective mode, <b>outlined bold</b> tokens of the extrapolated output "
+    "were resampled from π_X."
+)
+
+
+def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
+    """The page and its `/generate` API; the caller launches it (with a queue)."""
+    limits, tokenizer = models.limits, models.tokenizer
+    with gr.Blocks(title="hf-extrapolate demo") as app:
+        gr.Markdown(
+            f"# Δlog p extrapolation\n{title}\n\n"
+            "The **extrapolated** model decodes from π_X ∝ π_R · exp(γ · Δlog p): γ = 0 is the RL model. In "
+            "**selective** mode the base model proposes each token and only flagged tokens are resampled from π_X."
+        )
+        prompt = gr.Textbox(label="Prompt", lines=3, max_length=limits.max_prompt_chars, elem_id="prompt")
+        with gr.Row():
+            gamma = gr.Slider(*GAMMA_RANGE, value=0.5, step=0.05, label="γ")
+            mode = gr.Radio(["full", "selective"], value="full", label="mode")
+            criterion = gr.Dropdown(DEMO_CRITERIA, value="delta_logp", label="criterion (selective)", interactive=False)
+            tau = gr.Slider(
+                -5.0, 5.0, value=-0.3, step=0.05, label="τ (selective; delta_logp flags Δlog p ≤ τ)", interactive=False
+            )
+        with gr.Row():
+            decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
+            temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="temperature", interactive=False)
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", interactive=False)
+            max_new = gr.Slider(1, limits.max_new_tokens, value=min(128, limits.max_new_tokens), step=1,
+                                label="max new tokens")  # fmt: skip
+            seed = gr.Number(0, precision=0, minimum=0, label="seed")
+        with gr.Row():
+            run = gr.Button("Generate", variant="primary", elem_id="run")
+            stop = gr.Button("Stop")
+        gr.HTML(f'<div style="font-size:.9em">{LEGEND}</div>')
+        outputs = []
+        with gr.Row(equal_height=False):
+            for name in COLUMNS:
+                with gr.Column():
+                    gr.Markdown(f"### {TITLES[name]}")
+                    outputs.append(gr.HTML(_box(""), css_template=OUTPUT_CSS, js_on_load=None, elem_id=f"out-{name}"))
+        with gr.Accordion("Per-token data (JSON)", open=False):
+            details = gr.JSON(elem_id="details")
+        if examples:
+            gr.Examples([[e] for e in examples], inputs=[prompt], label="Examples from the toy task")
+
+        def show(
+            prompt: str, gamma: float, mode: str, criterion: str, tau: float, decoding: str, temperature: float,
+            top_p: float, max_new_tokens: float, seed: float,
+        ) -> Iterator[tuple]:  # fmt: skip
+            config = models.config(gamma, mode, criterion, tau, decoding, temperature, top_p)
+            for columns in models.stream(prompt, config, max_new_tokens, seed):
+                yield (*(render(columns[n], tokenizer, config.gamma) for n in COLUMNS), gr.skip())
+            yield (*(gr.skip() for _ in COLUMNS), summary(columns, config, tokenizer))
+
+        inputs = [prompt, gamma, mode, criterion, tau, decoding, temperature, top_p, max_new, seed]
+        event = run.click(show, inputs, [*outputs, details], api_visibility="private", concurrency_id="models")
+        stop.click(None, cancels=[event])
+        private = {"queue": False, "api_visibility": "private"}
+        mode.change(lambda m: [gr.update(interactive=m == "selective")] * 2, mode, [criterion, tau], **private)
+        decoding.change(lambda d: [gr.update(interactive=d == "sample")] * 2, decoding, [temperature, top_p], **private)
+
+        def generate(
+            prompt: str,
+            gamma: float = 0.5,
+            mode: Literal["full", "selective"] = "full",
+            criterion: str = "delta_logp",
+            tau: float = -0.3,
+            decoding: Literal["greedy", "sample"] = "greedy",
+            temperature: float = 1.0,
+            top_p: float = 1.0,
+            max_new_tokens: int = min(64, limits.max_new_tokens),
+            seed: int = 0,
+        ) -> tuple[str, str, str, dict]:
+            """Base, RL and extrapolated completions of `prompt` (the user message; the chat template is applied),
+            then a dict with the settings and, per output, its text and per-token statistics.
+
+            Args:
+                prompt: the user message.
+                gamma: extrapolation strength γ; 0 is the RL model, −1 the base model.
+                mode: "full" (every token from π_X) or "selective" (the base model proposes, flagged tokens are
+                    resampled from π_X).
+                criterion: selective mode's flag, e.g. "delta_logp" (flags Δlog p ≤ τ) or "kl" (flags KL ≥ τ).
+                tau: selective mode's threshold τ.
+                decoding: "greedy" or "sample".
+                temperature: sampling temperature (sample only).
+                top_p: nucleus sampling mass (sample only).
+                max_new_tokens: tokens to generate per output, at most the server's limit.
+                seed: the random seed, shared by the three outputs.
+            """
+            config = models.config(gamma, mode, criterion, tau, decoding, temperature, top_p)
+            *_, columns = models.stream(prompt, config, max_new_tokens, seed)
+            result = summary(columns, config, tokenizer)
+            return (*(result["outputs"][n]["text"] for n in COLUMNS), result)
+
+        gr.api(generate, api_name="generate", concurrency_id="models")
+    return app
+
+
+def example_prompts(n: int = 4) -> list[str]:
+    """Held-out toy problems, written as the toy pair was trained to read them."""
+    try:  # the toy task lands with the toy pair
+        from hf_extrapolate.toy.task import PROMPT_SUFFIX, make_problems
+    except ImportError:
+        return []
+    return [f"{p['problem']}\n{PROMPT_SUFFIX}" for p in make_problems("test", n, seed=0)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ  # a Hugging Face Space sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rl", help="RL model id or folder (default: the toy pair, trained if absent)")
+    p.add_argument("--base", help="base model id or folder (give both or neither)")
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device-map", default=None, help="e.g. auto or cuda (default: CPU)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most")
+    p.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
+    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens)
+    p.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
+    args = p.parse_args(argv)
+    if (args.rl is None) != (args.base is None):
+        p.error("give both --rl and --base, or neither for the toy pair")
+    return args
+
+
+def _shown(name: str) -> str:
+    """A model's name for the page: the hub id, or only the folder name of a local model (no server paths)."""
+    return Path(name).name if Path(name).is_dir() else name
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.rl is None:
+        from hf_extrapolate.toy import pair_paths
+
+        print("using the toy pair (training it first if it is not cached; this can take up to ~10 minutes)")
+        rl_dir, base_dir = pair_paths()
+        args.rl, args.base = str(rl_dir), str(base_dir)
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        rl, base, tokenizer = load_pair(args.rl, args.base, dtype=dtype, device_map=args.device_map)
+    except ValueError as err:  # a model or tokenizer that cannot be loaded: one clear line
+        raise SystemExit(f"demo/app.py: error: {err}") from err
+    limits = Limits(args.max_prompt_chars, args.max_prompt_tokens, args.max_new_tokens)
+    models = DemoModels(rl, base, tokenizer, limits)
+    title = f"RL model `{_shown(args.rl)}` · base model `{_shown(args.base)}`"
+    app = build_app(models, example_prompts(), title)
+    app.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    app.launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

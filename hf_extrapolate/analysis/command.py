@@ -1,0 +1,182 @@
+"""`hf-extrapolate analyze`: where RLVR changed the model (Δlog p vs entropy and KL) and token replacement."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .experiment import (
+    DEFAULT_SHARES,
+    DIRECTIONS,
+    SWEEP_CHOICES,
+    SWEEP_METRICS,
+    Grader,
+    PromptFn,
+    Sampling,
+    check_sweep,
+    run_analysis,
+)
+from .report import recovery_shares, write_report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="Δlog p vs entropy and KL on a model pair, and the token-replacement experiment",
+        description=(
+            "Sample responses from the base and the RL model, compare per-token Δlog p, entropy and KL on them "
+            "(histograms), then run token replacement: one model generates and, where a metric flags a token, "
+            "it is resampled from the other model; accuracy is plotted against the share of replaced tokens. "
+            "Writes analysis.json, tokens.npz, distributions.png, replacement.png and summary.md to --out."
+        ),
+    )
+    p.add_argument("--rl", help="the RL-trained model (hub id or folder); with --data toy, default: the toy pair")
+    p.add_argument("--base", help="the base model it was trained from; with --data toy, default: the toy pair")
+    p.add_argument("--data", required=True, help="'toy', or a JSONL file with 'problem' and 'answer' on each line")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-problems", type=int, default=64, help="number of problems (default 64)")
+    p.add_argument("--samples", type=int, default=4, help="responses per problem and run (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="top-p of every run (the paper uses 0.7; default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problems (toy) and of sampling (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
+    p.add_argument("--metrics", default=",".join(SWEEP_METRICS), help=f"flags to sweep, from {','.join(SWEEP_CHOICES)}")
+    p.add_argument(
+        "--shares", default=",".join(map(str, DEFAULT_SHARES)),
+        help="target shares of flagged tokens; each metric's threshold is the matching quantile on the proposer's "
+        "own responses",
+    )  # fmt: skip
+    p.add_argument("--directions", default=",".join(DIRECTIONS), help="forward (base generates), reverse, or both")
+    p.add_argument(
+        "--grader",
+        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's exact "
+        "match of the last \\boxed{} (integers compared as numbers)",
+    )
+    p.add_argument("--dtype", default="auto", help="dtype of both models (default auto)")
+    p.add_argument("--device-map", help="device_map of both models, e.g. auto or cuda:0 (default: CPU)")
+    p.set_defaults(func=run)
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"--{name} must be >= 1, got {value}")
+    return value
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(x) for x in _list(text)]
+    except ValueError:
+        raise ValueError(f"--shares must be comma-separated numbers, got {text!r}") from None
+
+
+def read_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a JSONL file, each with "problem" and "answer"."""
+    if not path.is_file():
+        raise ValueError(f"--data must be 'toy' or an existing JSONL file; {str(path)!r} is neither")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
+                raise ValueError(f"{path}:{number}: each line needs 'problem' and 'answer' fields")
+            rows.append(row)
+            if len(rows) == n:
+                break
+    if not rows:
+        raise ValueError(f"{path} holds no problems")
+    return rows
+
+
+def paper_prompt(problem: str, tokenizer: Any) -> str:
+    """The paper's prompt: the problem and the step-by-step / ``\\boxed{}`` instruction, in the chat template
+    when the tokenizer has one."""
+    from hf_extrapolate.toy.task import PROMPT_SUFFIX
+
+    content = f"{problem}\n{PROMPT_SUFFIX}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return content + "\n"
+
+
+def load_data(data: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Grader, PromptFn]:
+    """Problems with their default grader and prompt: the toy task's own test problems for ``toy``; for a
+    JSONL file, `paper_prompt` and an exact match of the last ``\\boxed{}``."""
+    from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems
+
+    if data == "toy":
+        return make_problems("test", n, seed=seed), is_correct, format_prompt
+    return read_jsonl(Path(data), n), is_correct, paper_prompt
+
+
+def resolve_grader(spec: str) -> Grader:
+    """The function named by ``MODULE:FUNCTION``."""
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name) if name else None
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--grader {spec!r} cannot be imported: {err}") from None
+    if not callable(fn):
+        raise ValueError(f"--grader must name a function as MODULE:FUNCTION, got {spec!r}")
+    return fn
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full command, every option spelled out, for the report."""
+    parts = ["hf-extrapolate", "analyze"]
+    for key, value in vars(args).items():
+        if key not in ("func", "command") and value is not None:
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..loading import load_pair
+
+    for name in ("n_problems", "samples", "max_new_tokens", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if (args.rl is None) != (args.base is None):
+        raise ValueError("give both --rl and --base, or neither (only with --data toy)")
+    metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
+    check_sweep(metrics, shares, directions)
+    problems, grader, prompt = load_data(args.data, args.n_problems, args.seed)
+    if args.grader is not None:
+        grader = resolve_grader(args.grader)
+    if args.rl is None:
+        if args.data != "toy":
+            raise ValueError("--rl and --base are required unless --data toy")
+        from hf_extrapolate.toy import pair_paths
+
+        args.rl, args.base = (str(p) for p in pair_paths())
+    rl_model, base_model, tokenizer = load_pair(args.rl, args.base, dtype=args.dtype, device_map=args.device_map)
+    sampling = Sampling(
+        samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    result = run_analysis(
+        rl_model, base_model, tokenizer, problems, grader, prompt, sampling,
+        metrics=metrics, shares=shares, directions=directions,
+    )  # fmt: skip
+    paths = write_report(result, Path(args.out), command_line(args))
+    ref = result["reference"]
+    print(f"accuracy: base {ref['base']['accuracy']:.3f}, RL {ref['rl']['accuracy']:.3f}")
+    for direction, shares in recovery_shares(result).items():
+        shown = ", ".join(f"{m} {'-' if v is None else f'{100 * v:.1f}%'}" for m, v in shares.items())
+        print(f"{direction}: share replaced for 90% of the gap: {shown}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

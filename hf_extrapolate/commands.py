@@ -1,0 +1,175 @@
+"""The core sub-commands, `generate` and `export`, and the pair options every command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .configuration import CRITERIA, ExtrapolationConfig
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser, *, settings: bool = True) -> None:
+    """Model, loading and (optionally) extrapolation options, named alike in every command."""
+    models = parser.add_argument_group("models")
+    models.add_argument("--rl", help="RL-trained model: hub id or local folder (default: the toy pair)")
+    models.add_argument("--base", help="its base model: hub id or local folder (default: the toy pair)")
+    models.add_argument("--dtype", default="auto", help="torch dtype for both models (auto, bfloat16, float32, ...)")
+    models.add_argument("--device-map", help="accelerate device map for both models, e.g. auto, cpu, cuda:0")
+    models.add_argument("--base-device-map", help="device map for the base model alone, e.g. cuda:1")
+    models.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit (NF4) weights (CUDA)")
+    models.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA)")
+    models.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code")
+    models.add_argument(
+        "--dry-run", action="store_true", help="print the pair's memory estimate from its configs and exit"
+    )
+    if not settings:
+        return
+    ex = parser.add_argument_group("extrapolation")
+    ex.add_argument("--gamma", type=float, default=0.0, help="γ: weights (w_base, w_rl) = (−γ, 1 + γ)")
+    ex.add_argument("--weights", type=float, nargs=2, metavar=("W_BASE", "W_RL"), help="explicit weights")
+    ex.add_argument("--select", choices=CRITERIA, help="selective mode: the criterion that flags a proposal")
+    ex.add_argument("--threshold", type=float, help="τ for --select (e.g. -0.3 for delta_logp)")
+    ex.add_argument("--proposer", choices=("base", "rl"), default="base", help="who proposes in selective mode")
+    ex.add_argument("--candidate-top-k", type=int, help="reference-code approximation: π_X on the top-k only")
+
+
+def settings_from_args(args: argparse.Namespace, temperature: float = 1.0, top_p: float = 1.0) -> ExtrapolationConfig:
+    return ExtrapolationConfig(
+        gamma=args.gamma, weights=tuple(args.weights) if args.weights else None, select=args.select,
+        threshold=args.threshold, temperature=temperature, top_p=top_p, proposer=args.proposer,
+        candidate_top_k=args.candidate_top_k,
+    )  # fmt: skip
+
+
+def resolve_pair(args: argparse.Namespace) -> tuple[str, str]:
+    """``(rl, base)`` from ``--rl/--base``, or the toy pair (trained on first use) when both are omitted."""
+    if args.rl and args.base:
+        return args.rl, args.base
+    if args.rl or args.base:
+        raise ValueError("give both --rl and --base, or neither to use the toy pair")
+    from .toy import pair_paths
+
+    rl, base = pair_paths()
+    return str(rl), str(base)
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """``(rl_model, base_model, tokenizer)`` with the loading options of `add_pair_arguments`."""
+    from .loading import load_pair
+
+    rl, base = resolve_pair(args)
+    return load_pair(
+        rl, base, dtype=args.dtype, device_map=args.device_map, base_device_map=args.base_device_map,
+        load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+
+
+def dry_run(args: argparse.Namespace, tokens: int) -> int:
+    from .loading import estimate_memory
+
+    dtype = "nf4" if args.load_in_4bit else "int8" if args.load_in_8bit else args.dtype
+    dtype = "bfloat16" if dtype == "auto" else dtype
+    rl, base = resolve_pair(args)
+    print(
+        json.dumps(estimate_memory(rl, base, dtype, tokens=tokens, trust_remote_code=args.trust_remote_code), indent=2)
+    )
+    return 0
+
+
+# -- generate ------------------------------------------------------------------------------------------
+
+
+def register_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate from an extrapolated pair, streamed")
+    add_pair_arguments(p)
+    p.add_argument("--prompt", required=True, help="the user message (chat template applied when there is one)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty; give the text to generate from")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    settings = settings_from_args(args, args.temperature, args.top_p)  # validate before loading anything
+    if args.dry_run:
+        return dry_run(args, tokens=args.max_new_tokens)
+    import torch
+    from transformers import TextStreamer
+
+    from .processor import DeltaLogpExtrapolation
+
+    rl, base, tokenizer = load_from_args(args)
+    if tokenizer.chat_template and not args.no_chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = args.prompt
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
+    proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings.to_dict())
+    torch.manual_seed(args.seed)
+    # sampling settings live in the processor (selective mode needs them there); generate samples its output as is
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    rl.generate(
+        **enc, logits_processor=[proc], do_sample=args.temperature > 0, temperature=1.0, top_p=1.0, top_k=0,
+        max_new_tokens=args.max_new_tokens, streamer=streamer,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )  # fmt: skip
+    if proc.flag_rate is not None:
+        print(f"[resampled {proc.flag_rate:.1%} of tokens in expectation]")
+    return 0
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a pair folder that AutoModelForCausalLM (and lm_eval) can load")
+    add_pair_arguments(p)
+    p.add_argument("--temperature", type=float, default=1.0, help="selective mode's sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="selective mode's top-p")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--embed-models", action="store_true", help="copy both models' weights into the folder")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .loading import check_tokenizers, load_tokenizer
+    from .modeling import ExtrapolatedForCausalLM, write_pair_folder
+
+    settings = settings_from_args(args, args.temperature, args.top_p)
+    if args.dry_run:
+        return dry_run(args, tokens=4096)
+    rl, base = resolve_pair(args)
+    if args.embed_models:
+        rl_model, base_model, tokenizer = load_from_args(args)
+        ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict()).save_pretrained(
+            args.out, embed_models=True
+        )
+    else:  # only configs and tokenizers are read: exporting a pair of 32B models takes a second
+        tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
+        check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=args.trust_remote_code), rl, base)
+        from transformers import AutoConfig, GenerationConfig
+
+        from .modeling import context_length
+
+        configs = [AutoConfig.from_pretrained(n, trust_remote_code=args.trust_remote_code) for n in (rl, base)]
+        try:
+            generation_config = GenerationConfig.from_pretrained(rl)
+        except OSError:
+            generation_config = None
+        names = [str(Path(n).resolve()) if Path(n).is_dir() else n for n in (rl, base)]
+        write_pair_folder(
+            args.out, names[0], names[1], settings, tokenizer, generation_config, context_length(*configs)
+        )
+    print(f"wrote {args.out}: load it with AutoModelForCausalLM.from_pretrained({args.out!r}, trust_remote_code=True)")
+    return 0

@@ -1,0 +1,122 @@
+"""Configuration objects, kept apart from the modules that use them (as in `peft`).
+
+`ExtrapolationConfig` holds the decoding settings and validates them; `ExtrapolatedConfig` is the
+`transformers` config of the saved wrapper model, naming both models and carrying the settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from numbers import Real
+from typing import Any, Literal
+
+from transformers import PretrainedConfig
+
+Criterion = Literal[
+    "delta_logp", "delta_logp_ge", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js", "random", "all", "none"
+]
+CRITERIA: tuple[str, ...] = Criterion.__args__
+# criteria that flag a position when their statistic is >= threshold (delta_logp flags when Δlog p <= threshold)
+THRESHOLD_CRITERIA = ("delta_logp", "delta_logp_ge", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js", "random")
+
+
+def _number(name: str, value: Any, *, low: float = -math.inf, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ExtrapolationConfig:
+    """Settings of Δlog p extrapolation (PAPER.md §2).
+
+    Full mode (``select=None``): ``log π_X = log_softmax(w_rl · log π_RL + w_base · log π_base)`` with
+    ``(w_base, w_rl) = (−γ, 1 + γ)`` unless ``weights`` is given; γ = 0 is exactly the RL model.
+
+    Selective mode (``select`` set): the proposer (``"base"`` in the paper) proposes a token after
+    ``temperature`` and ``top_p``; where ``select`` flags it at ``threshold``, it is resampled from π_X with
+    the same temperature and top-p. ``temperature=0`` is the greedy version of the same algorithm.
+    ``candidate_top_k`` restricts π_X to the proposer's top-k tokens as the reference code does.
+    """
+
+    gamma: float = 0.0
+    weights: tuple[float, float] | None = None
+    select: Criterion | None = None
+    threshold: float | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    proposer: Literal["base", "rl"] = "base"
+    candidate_top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("gamma", _number("gamma", self.gamma))
+        if self.weights is not None:
+            if not isinstance(self.weights, (tuple, list)) or len(self.weights) != 2:
+                raise ValueError(f"weights must be a pair (w_base, w_rl), got {self.weights!r}")
+            set_("weights", tuple(_number(f"weights[{i}]", w) for i, w in enumerate(self.weights)))
+        if self.select is not None and self.select not in CRITERIA:
+            raise ValueError(f"unknown select criterion {self.select!r}; choose one of {', '.join(CRITERIA)}")
+        if self.select in THRESHOLD_CRITERIA:
+            if self.threshold is None:
+                raise ValueError(f"select={self.select!r} needs a threshold")
+            set_("threshold", _number("threshold", self.threshold))
+            if self.select == "random" and not 0.0 <= self.threshold <= 1.0:
+                raise ValueError(f"select='random' takes a probability as threshold, in [0, 1]; got {self.threshold}")
+        elif self.threshold is not None:
+            set_("threshold", _number("threshold", self.threshold))
+        set_("temperature", _number("temperature", self.temperature, low=0.0))
+        top_p = _number("top_p", self.top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        set_("top_p", top_p)
+        if self.proposer not in ("base", "rl"):
+            raise ValueError(f"proposer must be 'base' or 'rl', got {self.proposer!r}")
+        k = self.candidate_top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"candidate_top_k must be a positive integer or None, got {self.candidate_top_k!r}")
+
+    @property
+    def model_weights(self) -> tuple[float, float]:
+        """``(w_base, w_rl)``: the explicit weights, else ``(−γ, 1 + γ)``."""
+        return self.weights if self.weights is not None else (-self.gamma, 1.0 + self.gamma)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the settings leave the RL model's distribution unchanged (full mode, γ = 0, no warping)."""
+        return self.select is None and self.model_weights == (0.0, 1.0) and self.temperature == 1 and self.top_p == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["weights"] = list(self.weights) if self.weights is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExtrapolationConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown extrapolation setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+class ExtrapolatedConfig(PretrainedConfig):
+    """Config of a saved `ExtrapolatedForCausalLM`: where both models live, and the extrapolation settings.
+
+    Model locations are hub ids, absolute paths, or paths relative to the saved folder.
+    """
+
+    model_type = "hf_extrapolate"
+
+    rl_model_name_or_path: str | None = None
+    base_model_name_or_path: str | None = None
+    extrapolation: dict | None = None
+    vocab_size: int | None = None
+    max_position_embeddings: int | None = None

@@ -1,0 +1,1 @@
+"""Evaluation: math grading (math-verify on the last ``\\boxed{}``) and the lm-evaluation-harness integration."""

@@ -1,0 +1,134 @@
+"""Loading a base/RL pair with the ecosystem's own options (dtype, device_map, bitsandbytes), and checks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+
+def check_tokenizers(rl_tokenizer: Any, base_tokenizer: Any, rl_name: str = "RL", base_name: str = "base") -> None:
+    """Refuse a pair whose tokenizers differ: extrapolation needs one vocabulary, and a token only one of them
+    knows (an added chat token, say) would reach a model that cannot embed it."""
+    rl_vocab, base_vocab = rl_tokenizer.get_vocab(), base_tokenizer.get_vocab()
+    if rl_vocab != base_vocab:
+        diff = sorted(set(rl_vocab.items()) ^ set(base_vocab.items()), key=lambda kv: kv[1])[:3]
+        raise ValueError(
+            f"the tokenizers of {rl_name!r} ({len(rl_vocab)} tokens) and {base_name!r} ({len(base_vocab)} "
+            f"tokens) disagree (e.g. {diff}); Δlog p extrapolation needs both models to share one tokenizer"
+        )
+
+
+def quantization(
+    load_in_4bit: bool = False, load_in_8bit: bool = False, quantization_config: Any = None
+) -> BitsAndBytesConfig | Any:
+    """The `quantization_config` for `from_pretrained`, refusing combinations that cannot run here."""
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("choose one of load_in_4bit and load_in_8bit, not both")
+    if (load_in_4bit or load_in_8bit) and quantization_config is not None:
+        raise ValueError("pass either quantization_config or load_in_4bit/load_in_8bit, not both")
+    if not (load_in_4bit or load_in_8bit):
+        return quantization_config
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "bitsandbytes 4-bit/8-bit loading needs a CUDA GPU and none is visible; drop load_in_4bit/load_in_8bit "
+            "(or use dtype='bfloat16') on this machine"
+        )
+    if load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def check_location(name_or_path: str, role: str) -> None:
+    """A local-looking path that does not exist is a typo, not a hub id: say so plainly."""
+    if str(name_or_path).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ValueError(f"the {role} model folder {name_or_path!r} does not exist")
+
+
+def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained` with one clear error line when the model cannot be found."""
+    check_location(name_or_path, role)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load the {role} model {name_or_path!r}: {first}") from err
+
+
+def load_tokenizer(name_or_path: str, role: str, **kwargs: Any) -> Any:
+    check_location(name_or_path, role)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"no tokenizer found for the {role} model {name_or_path!r}; save one beside it "
+            f"(tokenizer.save_pretrained(...)): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
+
+
+def load_pair(
+    rl: str,
+    base: str,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
+    base_device_map: str | dict | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    quantization_config: Any = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedModel, Any]:
+    """Load ``(rl_model, base_model, tokenizer)`` with the same options for both models.
+
+    ``base_device_map`` places the base model apart from the RL model (another GPU, say); it defaults to
+    ``device_map``. ``load_in_4bit`` / ``load_in_8bit`` go through bitsandbytes' `BitsAndBytesConfig`. The
+    two tokenizers must agree (`check_tokenizers`); the RL model's tokenizer is returned.
+    """
+    quant = quantization(load_in_4bit, load_in_8bit, quantization_config)
+    if quant is not None and device_map is None:
+        device_map = "auto"
+    tokenizer = load_tokenizer(rl, "RL", trust_remote_code=trust_remote_code)
+    check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=trust_remote_code), rl, base)
+    common = dict(dtype=dtype, quantization_config=quant, trust_remote_code=trust_remote_code, **kwargs)
+    rl_model = load_model(rl, "RL", device_map=device_map, **common)
+    base_model = load_model(base, "base", device_map=base_device_map or device_map, **common)
+    return rl_model, base_model, tokenizer
+
+
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "nf4": 0.5}
+
+
+def model_memory(config: Any, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1) -> dict[str, float]:
+    """Parameters, weight memory for ``dtype`` (``float32``, ``bfloat16``, ``float16``, ``int8``, or ``nf4`` for
+    bitsandbytes 4-bit) and KV-cache memory for ``batch`` × ``tokens`` (bf16 cache unless float32), from a config."""
+    from accelerate import init_empty_weights
+
+    if dtype not in BYTES_PER_PARAM:
+        raise ValueError(f"dtype must be one of {', '.join(BYTES_PER_PARAM)}, got {dtype!r}")
+    with init_empty_weights():
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * (4 if dtype == "float32" else 2) * tokens * batch
+    return {"parameters": params, "weights_gib": params * BYTES_PER_PARAM[dtype] / 2**30, "kv_cache_gib": kv / 2**30}
+
+
+def estimate_memory(
+    rl: str, base: str, dtype: str = "bfloat16", tokens: int = 4096, batch: int = 1, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """`model_memory` of both models of a pair, from their configs alone (no weights are read), and the total."""
+    from transformers import AutoConfig
+
+    report: dict[str, Any] = {"dtype": dtype, "tokens": tokens, "batch": batch}
+    for role, name in (("rl", rl), ("base", base)):
+        try:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise ValueError(f"cannot read the {role} model's config {name!r}: {str(err).splitlines()[0]}") from err
+        report[role] = {"name": name, **model_memory(config, dtype, tokens, batch)}
+    report["total_gib"] = sum(report[r]["weights_gib"] + report[r]["kv_cache_gib"] for r in ("rl", "base"))
+    return report

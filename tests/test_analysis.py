@@ -1,0 +1,173 @@
+"""The identification analysis: per-token statistics against a direct per-row computation, token replacement
+at its two extremes against each model alone, the replaced share against the processor, and the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import perturbed, tiny_model
+
+from hf_extrapolate.analysis import (
+    METRICS,
+    Sampling,
+    generate_responses,
+    replacement_probability,
+    replacement_responses,
+    threshold_for_share,
+    token_statistics,
+)
+from hf_extrapolate.analysis.report import share_to_reach
+from hf_extrapolate.analysis.statistics import until_first
+
+VOCAB = 103
+
+
+def _direct(rl, base, tokens: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """Every statistic of an unpadded sequence, one row, float64, written out from the definitions."""
+    with torch.no_grad():
+        lr = torch.log_softmax(rl(tokens[None]).logits[0, :-1, :width].double(), -1)
+        lb = torch.log_softmax(base(tokens[None]).logits[0, :-1, :width].double(), -1)
+    pr, pb = lr.exp(), lb.exp()
+    nxt = tokens[1:, None]
+    kl, rkl = (pr * (lr - lb)).sum(-1), (pb * (lb - lr)).sum(-1)
+    return {
+        "delta_logp": (lr.gather(-1, nxt) - lb.gather(-1, nxt))[:, 0],
+        "base_entropy": -(pb * lb).sum(-1),
+        "rl_entropy": -(pr * lr).sum(-1),
+        "kl": kl,
+        "reverse_kl": rkl,
+        "js": (kl + rkl) / 2,
+    }
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_statistics_match_direct_computation(arch, side):
+    base = tiny_model(arch, vocab_size=VOCAB)
+    rl = perturbed(base, vocab_size=VOCAB + 7)  # wider RL embedding: both are cut to the tokenizer's 103
+    gen = torch.Generator().manual_seed(0)
+    lengths = [9, 4, 12]
+    rows = [torch.randint(3, VOCAB, (n,), generator=gen) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        cols = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, cols], mask[i, cols] = row, 1
+        score[i, cols] = torch.arange(len(row)) >= len(row) // 2  # score the second half ("response")
+
+    stats = token_statistics(rl, base, ids, mask, score, vocab_size=VOCAB)
+    assert set(stats) == set(METRICS)
+    for i, row in enumerate(rows):
+        direct = _direct(rl, base, row, VOCAB)
+        offset = width - len(row) if side == "left" else 0
+        scored = torch.arange(len(row)) >= len(row) // 2
+        for metric in METRICS:
+            got = stats[metric][i, offset : offset + len(row)]
+            assert torch.isnan(got[~scored]).all() and torch.isnan(stats[metric][i, mask[i] == 0]).all()
+            want = direct[metric][scored[1:].nonzero()[:, 0]].float()  # direct[t-1] describes token t
+            torch.testing.assert_close(got[scored], want, atol=2e-4, rtol=1e-4, msg=f"{metric} row {i}")
+
+
+def test_until_first_keeps_the_stop_token():
+    tokens = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 0, 0]])
+    assert until_first(tokens, [2]).tolist() == [
+        [True, True, False, False],
+        [True, True, True, True],
+        [True, False, False, False],
+    ]
+
+
+PROMPTS = ["Compute 1+2.", "Compute 33-4+5."]
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.0, 1.0), (0.8, 0.7)], ids=["greedy", "sampled"])
+def test_replacement_extremes_equal_each_model_alone(pair, tokenizer, temperature, top_p):
+    """Flagging nothing gives the proposer's own output, flagging everything the other model's (same seed)."""
+    rl, base = pair
+    sampling = Sampling(samples=2, max_new_tokens=6, temperature=temperature, top_p=top_p, seed=3, eos_token_id=(2,))
+    alone = {
+        name: generate_responses(model, tokenizer, PROMPTS, **sampling.__dict__)[0]
+        for name, model in (("base", base), ("rl", rl))
+    }
+    cases = [  # (direction, τ, whose output it must equal, share replaced); reverse flags Δ >= τ
+        ("forward", -1e9, "base", 0.0),
+        ("forward", 1e9, "rl", 1.0),
+        ("reverse", 1e9, "rl", 0.0),
+        ("reverse", -1e9, "base", 1.0),
+    ]
+    for direction, tau, source, share in cases:
+        _, [batch], [m] = replacement_responses(
+            rl, base, tokenizer, PROMPTS, sampling, metric="delta_logp", direction=direction, threshold=tau
+        )
+        assert torch.equal(batch.sequences, alone[source].sequences), (direction, tau)
+        assert batch.completions == alone[source].completions
+        torch.testing.assert_close(m[batch.response_mask], torch.full_like(m, share)[batch.response_mask])
+
+
+def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
+    """Over the generated steps of rows still generating (the previous token is not padding or EOS, as the
+    processor counts them), the teacher-forced replacement probability averages to the processor's flag rate."""
+    rl, base = pair
+    sampling = Sampling(samples=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=0, eos_token_id=(2,))
+    runs = (("forward", "delta_logp", -0.3), ("reverse", "kl", 0.05), ("forward", "random", 0.2))
+    for direction, metric, tau in runs:
+        proc, [batch], _ = replacement_responses(
+            rl, base, tokenizer, PROMPTS, sampling, metric=metric, direction=direction, threshold=tau
+        )
+        generated = torch.zeros_like(batch.response_mask)
+        generated[:, batch.response_mask.any(0).nonzero()[0, 0] :] = True
+        m = replacement_probability(
+            rl, base, batch.sequences, batch.attention_mask | generated, generated, proc.config, vocab_size=VOCAB
+        )
+        previous = torch.nn.functional.pad(batch.sequences[:, :-1], (1, 0))
+        emitting = generated & ~torch.isin(previous, torch.tensor([0, 2]))  # pad 0, EOS 2
+        share = m[emitting].mean().item()
+        assert 0.0 < share < 1.0
+        assert math.isclose(share, proc.flag_rate, rel_tol=1e-4, abs_tol=1e-6), (metric, share, proc.flag_rate)
+
+
+def test_thresholds_and_recovery_share():
+    import numpy as np
+
+    values = np.arange(100, dtype=float)
+    assert threshold_for_share("delta_logp", "forward", values, 0.1) == pytest.approx(9.9)  # flags Δ <= τ
+    assert threshold_for_share("delta_logp", "reverse", values, 0.1) == pytest.approx(89.1)  # flags Δ >= τ
+    assert threshold_for_share("kl", "forward", values, 0.1) == pytest.approx(89.1)
+    assert threshold_for_share("random", "forward", None, 0.1) == 0.1
+    assert share_to_reach([(0.1, 0.4), (0.2, 0.8)], start=0.2, target=0.6) == pytest.approx(0.15)
+    assert share_to_reach([(0.1, 0.3)], start=0.2, target=0.6) is None
+    assert share_to_reach([(0.1, 0.1)], start=0.5, target=0.2) == pytest.approx(0.075)  # falling (reverse)
+
+
+def test_analyze_command_writes_every_file(pair, tokenizer, tmp_path, capsys):
+    from hf_extrapolate.cli import main
+
+    for name, model in zip(("rl", "base"), pair):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"problem": "Compute 1+2.", "answer": "3"}\n\n{"problem": "Compute 5-1.", "answer": 4}\n')
+    out = tmp_path / "out"
+    argv = ["analyze", "--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--data", str(data)]
+    argv += ["--out", str(out), "--samples", "2", "--max-new-tokens", "4", "--metrics", "delta_logp,kl"]
+    assert main([*argv, "--shares", "0.2", "--directions", "forward,reverse"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "analysis.json", "tokens.npz", "distributions.png", "replacement.png", "summary.md",
+    }  # fmt: skip
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["settings"]["problems"] == 2 and set(result["reference"]) == {"base", "rl"}
+    assert [(r["direction"], r["metric"]) for r in result["replacement"]] == [
+        ("forward", "delta_logp"), ("forward", "kl"), ("reverse", "delta_logp"), ("reverse", "kl"),
+    ]  # fmt: skip
+    assert result["replacement"][2]["select"] == "delta_logp_ge"
+    assert "hf-extrapolate analyze --rl" in (out / "summary.md").read_text()
+
+    assert main([*argv, "--shares", "0.2", "--metrics", "entropy"]) == 2
+    data.write_text('{"question": "Compute 1+2."}\n')
+    assert main([*argv, "--shares", "0.2"]) == 2
+    assert "needs 'problem' and 'answer'" in capsys.readouterr().err
