@@ -6,8 +6,11 @@ import random
 import re
 
 import pytest
+from conftest import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_extrapolate.cli import main
+from hf_extrapolate.toy.evaluate import accuracy, generate, mean_ci
 from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
 from hf_extrapolate.toy.train import BASE_FIELDS, ToySettings, cache_dir, pair_paths
 
@@ -123,3 +126,40 @@ def test_pair_paths_trains_once_then_reuses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rl.name, rl2.name, base.name])
     again, _ = pair_paths(seed=0, root=tmp_path / "again", reweight="direction", **TINY)  # deterministic
     assert (again / "model.safetensors").read_bytes() == (rl / "model.safetensors").read_bytes()
+
+
+def test_train_toy_rejects_bad_input(tmp_path, capsys):
+    assert main(["train-toy", "--reweight-c", "3"]) == 2
+    assert "--reweight-c must be in [0, 1]" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["train-toy", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_toy_full_pair(tmp_path, capsys):
+    """The default pair (trained once into the user cache, reused after): RL clearly beats base when sampling."""
+    assert main(["train-toy", "--out", str(tmp_path / "pair")]) == 0
+    assert "RL model:" in capsys.readouterr().out
+    rl, base = tmp_path / "pair" / "rl", tmp_path / "pair" / "base"
+    _check_pair(rl, base)
+    problems = make_problems("test", 100)
+    acc = {}
+    for name, d in (("rl", rl), ("base", base)):
+        model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+        acc[name] = sum(accuracy(problems, generate(model, tok, problems, k=4))) / len(problems)
+    assert acc["rl"] - acc["base"] > 0.15 and acc["rl"] < 1.0, acc
+
+
+def test_mean_ci():
+    mean, half = mean_ci([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and half == pytest.approx(3.182 * (1 / 3) ** 0.5 / 2, rel=1e-3)  # Student t, 3 d.o.f.
+    assert mean_ci([0.3])[0] == 0.3
+
+
+def test_generate_shapes_and_grading(tokenizer):
+    problems = make_problems("test", 3)
+    out = generate(tiny_model(), tokenizer, problems, k=2, batch_size=2)
+    assert [len(cs) for cs in out] == [2, 2, 2] and all(isinstance(c, str) for cs in out for c in cs)
+    perfect = [[p["solution"]] for p in problems]
+    assert accuracy(problems, perfect) == [1.0, 1.0, 1.0]
