@@ -19,8 +19,7 @@ NEG_INF = float("-inf")
 def log_probs(scores: Tensor) -> Tensor:
     """``log_softmax`` in float32; a row that is entirely −inf stays −inf instead of becoming NaN."""
     scores = scores.float()
-    out = torch.log_softmax(scores, dim=-1)
-    return out.masked_fill(torch.isneginf(scores), NEG_INF)
+    return torch.log_softmax(scores, dim=-1).masked_fill(torch.isneginf(scores), NEG_INF)
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -42,9 +41,10 @@ def extrapolated_log_probs(logp_rl: Tensor, logp_base: Tensor, weights: tuple[fl
     as the smallest finite base log-prob of the row, so a negative base weight cannot produce +inf.
     """
     w_base, w_rl = weights
-    floor = logp_base.masked_fill(~torch.isfinite(logp_base), torch.inf).amin(-1, keepdim=True)
-    base = torch.where(torch.isfinite(logp_base), logp_base, floor)
-    mixed = (w_rl * logp_rl).masked_fill(torch.isneginf(logp_rl), NEG_INF) + w_base * base
+    inf = torch.inf
+    floor = logp_base.nan_to_num(nan=inf, posinf=inf, neginf=inf).amin(-1, keepdim=True)  # smallest finite
+    base = logp_base.nan_to_num(nan=-inf, posinf=-inf, neginf=-inf).clamp(min=floor)  # non-finite -> floor
+    mixed = logp_rl * w_rl + base * w_base
     return log_probs(mixed.masked_fill(torch.isneginf(logp_rl), NEG_INF))
 
 
@@ -56,7 +56,7 @@ def sampling_log_probs(logp: Tensor, temperature: float, top_p: float) -> Tensor
     """
     if temperature == 0:
         return torch.full_like(logp, NEG_INF).scatter_(-1, logp.argmax(-1, keepdim=True), 0.0)
-    scaled = logp / temperature
+    scaled = logp if temperature == 1 else logp / temperature
     if top_p < 1.0:
         flat = scaled.reshape(-1, scaled.shape[-1])
         scaled = TopPLogitsWarper(top_p)(None, flat).reshape(scaled.shape)
@@ -84,8 +84,10 @@ def _flags(logp_rl: Tensor, logp_base: Tensor, delta: Tensor, config: Extrapolat
     select, tau = config.select, config.threshold
     k = config.candidate_top_k
     if select in ("delta_logp", "delta_logp_ge"):
-        flag = delta <= tau if select == "delta_logp" else delta >= tau
-        return (flag & torch.isfinite(delta)).float()
+        # the comparison with a finite τ already rules out NaN, and +inf (for <=) or −inf (for >=)
+        if select == "delta_logp":
+            return ((delta <= tau) & ~torch.isneginf(delta)).float()
+        return ((delta >= tau) & ~torch.isposinf(delta)).float()
     if select in ("base_entropy", "rl_entropy"):
         logp = logp_base if select == "base_entropy" else logp_rl
         if k is not None:
@@ -150,11 +152,11 @@ def combine(
         delta_rl, delta_base = to_rl_base(logp_prop, _aligned(logp_other, k))
         delta = delta_rl - delta_base
     logp_x = extrapolated_log_probs(log_probs(view_rl), log_probs(view_base), config.model_weights)
-    flag = _flags(logp_rl, logp_base, delta, config).expand_as(logp_prop)
+    flag = _flags(logp_rl, logp_base, delta, config)  # [..., V] or [..., 1]: broadcast, never expanded
 
     if config.temperature == 0:
         proposal = logp_prop.argmax(-1, keepdim=True)
-        f = flag.gather(-1, proposal)
+        f = flag.expand_as(logp_prop).gather(-1, proposal)
         if config.select == "random":
             f = (torch.rand(f.shape, generator=generator, device=f.device) < f).float()
         choice = torch.where(f > 0, logp_x.argmax(-1, keepdim=True), proposal)
@@ -163,5 +165,5 @@ def combine(
     p_prop = sampling_log_probs(logp_prop, config.temperature, config.top_p).exp()
     p_x = sampling_log_probs(logp_x, config.temperature, config.top_p).exp()
     m = (p_prop * flag).sum(-1, keepdim=True)
-    mixture = p_prop * (1.0 - flag) + m * p_x
+    mixture = p_prop * (1.0 - flag) + p_x * m
     return mixture.log(), m.squeeze(-1)
