@@ -14,7 +14,6 @@ from hf_extrapolate.analysis import (
     METRICS,
     Sampling,
     generate_responses,
-    replacement_probability,
     replacement_responses,
     threshold_for_share,
     token_statistics,
@@ -110,25 +109,23 @@ def test_replacement_extremes_equal_each_model_alone(pair, tokenizer, temperatur
 
 
 def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
-    """Over the generated steps of rows still generating (the previous token is not padding or EOS, as the
-    processor counts them), the teacher-forced replacement probability averages to the processor's flag rate."""
+    """Over the emitted response tokens (up to EOS), the teacher-forced replacement probability averages to
+    the flag rate the processor accumulated while generating."""
     rl, base = pair
-    sampling = Sampling(samples=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=0, eos_token_id=(2,))
-    runs = (("forward", "delta_logp", -0.3), ("reverse", "kl", 0.05), ("forward", "random", 0.2))
+    sampling = Sampling(
+        samples=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=0, eos_token_id=(tokenizer.eos_token_id,)
+    )
+    runs = (("forward", "delta_logp", -0.3), ("reverse", "kl", 0.1), ("forward", "random", 0.2))
+    lengths = []
     for direction, metric, tau in runs:
-        proc, [batch], _ = replacement_responses(
+        proc, [batch], [m] = replacement_responses(
             rl, base, tokenizer, PROMPTS, sampling, metric=metric, direction=direction, threshold=tau
         )
-        generated = torch.zeros_like(batch.response_mask)
-        generated[:, batch.response_mask.any(0).nonzero()[0, 0] :] = True
-        m = replacement_probability(
-            rl, base, batch.sequences, batch.attention_mask | generated, generated, proc.config, vocab_size=VOCAB
-        )
-        previous = torch.nn.functional.pad(batch.sequences[:, :-1], (1, 0))
-        emitting = generated & ~torch.isin(previous, torch.tensor([0, 2]))  # pad 0, EOS 2
-        share = m[emitting].mean().item()
+        share = m[batch.response_mask].mean().item()
         assert 0.0 < share < 1.0
         assert math.isclose(share, proc.flag_rate, rel_tol=1e-4, abs_tol=1e-6), (metric, share, proc.flag_rate)
+        lengths += batch.response_mask.sum(1).tolist()
+    assert min(lengths) < sampling.max_new_tokens  # some row stopped at EOS, so finished rows are excluded
 
 
 def test_thresholds_and_recovery_share():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import shlex
 from pathlib import Path
@@ -54,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--directions", default=",".join(DIRECTIONS), help="forward (base generates), reverse, or both")
     p.add_argument(
         "--grader",
-        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's exact "
-        "match of the last \\boxed{} (integers compared as numbers)",
+        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's own "
+        "check for --data toy, math-verify on the last \\boxed{} for a JSONL file",
     )
     p.add_argument("--dtype", default="auto", help="dtype of both models (default auto)")
     p.add_argument("--device-map", help="device_map of both models, e.g. auto or cuda:0 (default: CPU)")
@@ -103,25 +104,34 @@ def read_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
 
 
 def paper_prompt(problem: str, tokenizer: Any) -> str:
-    """The paper's prompt: the problem and the step-by-step / ``\\boxed{}`` instruction, in the chat template
-    when the tokenizer has one."""
-    from hf_extrapolate.toy.task import PROMPT_SUFFIX
+    """The paper's prompt, as the ``hfx_*`` evaluation tasks build it: the problem and the step-by-step /
+    ``\\boxed{}`` instruction, in the chat template when the tokenizer has one."""
+    from hf_extrapolate.evaluation.grading import PROMPT_SUFFIX
 
-    content = f"{problem}\n{PROMPT_SUFFIX}"
+    content = problem + PROMPT_SUFFIX
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": content}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return content + "\n"
 
 
-def load_data(data: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Grader, PromptFn]:
-    """Problems with their default grader and prompt: the toy task's own test problems for ``toy``; for a
-    JSONL file, `paper_prompt` and an exact match of the last ``\\boxed{}``."""
-    from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems
-
+def load_data(data: str, n: int, seed: int, grader: str | None) -> tuple[list[dict[str, Any]], Grader, PromptFn]:
+    """Problems with their grader and prompt: the toy task's own test problems, grading and prompt for ``toy``;
+    for a JSONL file, `paper_prompt` and math-verify on the last ``\\boxed{}`` (the evaluation's grading).
+    ``grader`` (``MODULE:FUNCTION``) replaces the default grading."""
     if data == "toy":
-        return make_problems("test", n, seed=seed), is_correct, format_prompt
-    return read_jsonl(Path(data), n), is_correct, paper_prompt
+        from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems
+
+        problems, default, prompt = make_problems("test", n, seed=seed), is_correct, format_prompt
+    else:
+        from hf_extrapolate.evaluation.grading import is_correct
+
+        problems, default, prompt = read_jsonl(Path(data), n), is_correct, paper_prompt
+        if grader is None and importlib.util.find_spec("math_verify") is None:
+            raise ValueError(
+                "grading a JSONL file needs math-verify: pip install 'hf-extrapolate[eval]', or pass --grader"
+            )
+    return problems, resolve_grader(grader) if grader is not None else default, prompt
 
 
 def resolve_grader(spec: str) -> Grader:
@@ -154,9 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give both --rl and --base, or neither (only with --data toy)")
     metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
     check_sweep(metrics, shares, directions)
-    problems, grader, prompt = load_data(args.data, args.n_problems, args.seed)
-    if args.grader is not None:
-        grader = resolve_grader(args.grader)
+    problems, grader, prompt = load_data(args.data, args.n_problems, args.seed, args.grader)
     if args.rl is None:
         if args.data != "toy":
             raise ValueError("--rl and --base are required unless --data toy")
