@@ -3,6 +3,7 @@ of `hf-extrapolate bench` on a tiny pair."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM
-from hf_extrapolate.bench import VARIANTS, markdown, measure, targets
+from hf_extrapolate.bench import VARIANTS, lower_bound, markdown, measure, targets
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]  # left-padded to one length
 NEW = 6
@@ -57,6 +58,14 @@ def test_measure_runs_every_variant_on_a_tiny_pair():
     expected = {v: r["expected_bytes"] for v, r in results.items()}
     assert expected["processor"] == expected["wrapper"] == 2 * expected["rl"]  # two same-size models and caches
     assert expected["rl"] < expected["nocache"] < expected["processor"]  # two models, one cache
+
+
+def test_no_cache_run_cut_short_gives_a_lower_bound():
+    stamps = list(itertools.accumulate(range(11)))  # step i costs i: 10 steps done in 55 s
+    assert lower_bound(stamps, 10) == 55
+    assert lower_bound(stamps, 20) == 55 + 10 * 10  # the true time, if the cost keeps growing, is 210
+    result = measure("nocache", 4, 400, 1, preset="tiny", nocache_budget=0.2)
+    assert 0 < result["tokens"] < 400 and result["seconds"] > 0.2
 
 
 def test_targets_and_table_from_rows():
