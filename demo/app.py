@@ -24,7 +24,8 @@ from torch import Tensor
 from transformers import LogitsProcessor, PreTrainedModel, StoppingCriteria
 from transformers.generation import BaseStreamer
 
-from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig, load_pair
+from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
+from hf_extrapolate.commands import add_pair_arguments, dry_run, load_from_args, resolve_pair
 from hf_extrapolate.configuration import CRITERIA
 from hf_extrapolate.extrapolation import NEG_INF, combine, extrapolated_log_probs, log_probs, sampling_log_probs
 from hf_extrapolate.processor import model_device, shared_vocab_size
@@ -475,12 +476,9 @@ def example_prompts(n: int = 4) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ  # a Hugging Face Space sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rl", help="RL model id or folder (default: the toy pair, trained if absent)")
-    p.add_argument("--base", help="base model id or folder (give both or neither)")
+    add_pair_arguments(p, settings=False)
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device-map", default=None, help="e.g. auto or cuda (default: CPU)")
     p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most")
     p.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
@@ -500,14 +498,12 @@ def _shown(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.rl is None:
-        from hf_extrapolate.toy import pair_paths
-
         print("using the toy pair (training it first if it is not cached; this can take up to ~10 minutes)")
-        rl_dir, base_dir = pair_paths()
-        args.rl, args.base = str(rl_dir), str(base_dir)
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
-        rl, base, tokenizer = load_pair(args.rl, args.base, dtype=dtype, device_map=args.device_map)
+        if args.dry_run:
+            raise SystemExit(dry_run(args, tokens=args.max_new_tokens))
+        args.rl, args.base = resolve_pair(args)
+        rl, base, tokenizer = load_from_args(args)
     except ValueError as err:  # a model or tokenizer that cannot be loaded: one clear line
         raise SystemExit(f"demo/app.py: error: {err}") from err
     limits = Limits(args.max_prompt_chars, args.max_prompt_tokens, args.max_new_tokens)

@@ -162,7 +162,11 @@ def test_analyze_command_writes_every_file(pair, tokenizer, tmp_path, capsys):
         ("forward", "delta_logp"), ("forward", "kl"), ("reverse", "delta_logp"), ("reverse", "kl"),
     ]  # fmt: skip
     assert result["replacement"][2]["select"] == "delta_logp_ge"
-    assert "hf-extrapolate analyze --rl" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "hf-extrapolate analyze --rl" in summary and "--dry-run" not in summary and "False" not in summary
+    capsys.readouterr()
+    assert main([*argv, "--dry-run", "--dtype", "float32"]) == 0  # the memory estimate, nothing loaded
+    assert json.loads(capsys.readouterr().out)["base"]["parameters"] == sum(p.numel() for p in pair[1].parameters())
 
     assert main([*argv, "--shares", "0.2", "--metrics", "entropy"]) == 2
     data.write_text('{"question": "Compute 1+2."}\n')

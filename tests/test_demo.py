@@ -6,6 +6,7 @@ Set HFX_DEMO_SCREENSHOT=path to keep the page's screenshot (docs/img/demo.png is
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -194,3 +195,17 @@ def test_page_in_chromium(server, tmp_path):
             browser.close()
     assert "Δlog p" in tooltip and "π_X" in tooltip
     assert shot.stat().st_size > 10_000
+
+
+def test_command_line_takes_the_pair_options(app, pair, tokenizer, tmp_path, capsys):
+    """`--dry-run` prints the memory estimate and loads nothing; one model without the other is refused."""
+    for model, name in zip(pair, ("rl", "base")):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    with pytest.raises(SystemExit) as done:
+        app.main(["--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--dry-run", "--dtype", "float32"])
+    assert done.value.code == 0
+    assert json.loads(capsys.readouterr().out)["rl"]["parameters"] == sum(p.numel() for p in pair[0].parameters())
+    with pytest.raises(SystemExit) as refused:
+        app.main(["--rl", str(tmp_path / "rl")])
+    assert refused.value.code == 2 and "give both --rl and --base" in capsys.readouterr().err

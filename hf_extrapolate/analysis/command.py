@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..commands import add_pair_arguments, dry_run, load_from_args, resolve_pair
 from .experiment import (
     DEFAULT_SHARES,
     DIRECTIONS,
@@ -35,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Writes analysis.json, tokens.npz, distributions.png, replacement.png and summary.md to --out."
         ),
     )
-    p.add_argument("--rl", help="the RL-trained model (hub id or folder); with --data toy, default: the toy pair")
-    p.add_argument("--base", help="the base model it was trained from; with --data toy, default: the toy pair")
+    add_pair_arguments(p, settings=False)
     p.add_argument("--data", required=True, help="'toy', or a JSONL file with 'problem' and 'answer' on each line")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n-problems", type=int, default=64, help="number of problems (default 64)")
@@ -58,8 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's own "
         "check for --data toy, math-verify on the last \\boxed{} for a JSONL file",
     )
-    p.add_argument("--dtype", default="auto", help="dtype of both models (default auto)")
-    p.add_argument("--device-map", help="device_map of both models, e.g. auto or cuda:0 (default: CPU)")
     p.set_defaults(func=run)
 
 
@@ -150,28 +148,25 @@ def command_line(args: argparse.Namespace) -> str:
     """The full command, every option spelled out, for the report."""
     parts = ["hf-extrapolate", "analyze"]
     for key, value in vars(args).items():
-        if key not in ("func", "command") and value is not None:
-            parts += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        parts += [flag] if value is True else [flag, str(value)]
     return shlex.join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading import load_pair
-
     for name in ("n_problems", "samples", "max_new_tokens", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    if (args.rl is None) != (args.base is None):
-        raise ValueError("give both --rl and --base, or neither (only with --data toy)")
+    if args.rl is None and args.base is None and args.data != "toy":
+        raise ValueError("--rl and --base are required unless --data toy")
     metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
     check_sweep(metrics, shares, directions)
     problems, grader, prompt = load_data(args.data, args.n_problems, args.seed, args.grader)
-    if args.rl is None:
-        if args.data != "toy":
-            raise ValueError("--rl and --base are required unless --data toy")
-        from hf_extrapolate.toy import pair_paths
-
-        args.rl, args.base = (str(p) for p in pair_paths())
-    rl_model, base_model, tokenizer = load_pair(args.rl, args.base, dtype=args.dtype, device_map=args.device_map)
+    if args.dry_run:
+        return dry_run(args, tokens=args.max_new_tokens)
+    args.rl, args.base = resolve_pair(args)
+    rl_model, base_model, tokenizer = load_from_args(args)
     sampling = Sampling(
         samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size,
