@@ -63,17 +63,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["none", "direction", "dominate"])
     parser.add_argument("--reweight-c", type=float, default=0.2)
+    parser.add_argument("--grpo-steps", type=int, help="GRPO steps (default: the toy pair's, 150)")
+    parser.add_argument("--grpo-lr", type=float, help="GRPO learning rate (default: the toy pair's, 2e-4)")
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("docs/results_training"))
     args = parser.parse_args()
 
     problems = make_problems("test", args.n_test)
+    grpo = {k: v for k, v in (("grpo_steps", args.grpo_steps), ("grpo_lr", args.grpo_lr)) if v is not None}
     results: dict[int, dict] = {}
     for seed in args.seeds:
         for method in args.methods:
             reweight = None if method == "none" else method
-            rl, base = pair_paths(seed, reweight=reweight, reweight_c=args.reweight_c)
+            rl, base = pair_paths(seed, reweight=reweight, reweight_c=args.reweight_c, **grpo)
             results.setdefault(seed, {"base": evaluate(base, problems, args.k)})
             r = results[seed]
             r[method] = evaluate(rl, problems, args.k)
