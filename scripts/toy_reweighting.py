@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_extrapolate.toy.evaluate import accuracy, generate, mean_ci
 from hf_extrapolate.toy.task import make_problems
-from hf_extrapolate.toy.train import pair_paths
+from hf_extrapolate.toy.train import ToySettings, pair_paths
 
 
 def evaluate(model_dir: Path, problems: list[dict], k: int) -> dict:
@@ -37,23 +37,29 @@ def fmt(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * half:.1f}"
 
 
-def plot(results: dict, methods: list[str], path: Path) -> None:
+def plot(results: dict, methods: list[str], path: Path, title: str) -> None:
+    """Each seed as a line across base → methods (the design is paired), and the mean over seeds with its CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = ["base", *methods]
+    x = list(range(len(names)))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, name in enumerate(names):
-        per_seed = [avg(r[name]["sampled"]) for r in results.values()]
-        mean, half = mean_ci(per_seed)
-        ax.bar(i, 100 * mean, yerr=100 * half, color="lightgray", edgecolor="black", capsize=4)
-        ax.scatter([i] * len(per_seed), [100 * v for v in per_seed], color="black", zorder=3, s=12)
-    ax.set_xticks(range(len(names)), [n if n != "none" else "GRPO" for n in names])
+    for seed, r in results.items():
+        ax.plot(x, [100 * avg(r[n]["sampled"]) for n in names], "o-", color="gray", alpha=0.6, lw=1)
+        ax.annotate(f"seed {seed}", (x[-1], 100 * avg(r[names[-1]]["sampled"])), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="gray")  # fmt: skip
+    means = [mean_ci([avg(r[n]["sampled"]) for r in results.values()]) for n in names]
+    ax.errorbar(x, [100 * m for m, _ in means], yerr=[100 * h for _, h in means], fmt="s", color="black",
+                capsize=4, label="mean over seeds, 95% CI")  # fmt: skip
+    ax.set_xticks(x, [n if n != "none" else "GRPO" for n in names])
+    ax.set_xlim(-0.3, len(names) - 0.4)
+    ax.set_ylim(0, 100)
     ax.set_ylabel("sampled accuracy, avg@k (%)")
-    ax.set_title("Toy task, held-out split: mean over seeds (bars, 95% CI) and each seed (dots)")
-    ax.title.set_fontsize(9)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -106,7 +112,10 @@ def main() -> None:
         secs = sum(r[n]["train_seconds"] for r in results.values()) / len(results)
         lines.append(f"| {n} | {fmt(seed_means['sampled'])} | {fmt(seed_means['greedy'])} | {delta} | {secs:.0f} |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    plot(results, args.methods, args.out / "accuracy.png")
+    steps = args.grpo_steps or ToySettings.grpo_steps
+    lr = args.grpo_lr or ToySettings.grpo_lr
+    title = f"Toy task, held-out split; GRPO {steps} steps, lr {lr:g}; lines: seeds"
+    plot(results, args.methods, args.out / "accuracy.png", title)
     print("\n".join(lines))
 
 
