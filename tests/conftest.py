@@ -79,3 +79,13 @@ def pair():
     """(rl_model, base_model): a tiny Llama and a perturbed copy of it, same vocabulary."""
     base = tiny_model("llama", seed=0)
     return perturbed(base), base
+
+
+@pytest.fixture(scope="session")
+def pair_dir(pair, tokenizer, tmp_path_factory):
+    """`pair` saved as ordinary model folders, ``rl/`` and ``base/``, each with the tokenizer."""
+    root = tmp_path_factory.mktemp("pair")
+    for name, model in zip(("rl", "base"), pair):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root

@@ -141,16 +141,13 @@ def test_thresholds_and_recovery_share():
     assert share_to_reach([(0.1, 0.1)], start=0.5, target=0.2) == pytest.approx(0.075)  # falling (reverse)
 
 
-def test_analyze_command_writes_every_file(pair, tokenizer, tmp_path, capsys):
+def test_analyze_command_writes_every_file(pair, pair_dir, tmp_path, capsys):
     from hf_extrapolate.cli import main
 
-    for name, model in zip(("rl", "base"), pair):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
     data = tmp_path / "problems.jsonl"
     data.write_text('{"problem": "Compute 1+2.", "answer": "3"}\n\n{"problem": "Compute 5-1.", "answer": 4}\n')
     out = tmp_path / "out"
-    argv = ["analyze", "--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--data", str(data)]
+    argv = ["analyze", "--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"), "--data", str(data)]
     argv += ["--out", str(out), "--samples", "2", "--max-new-tokens", "4", "--metrics", "delta_logp,kl"]
     assert main([*argv, "--shares", "0.2", "--directions", "forward,reverse"]) == 0
     assert {p.name for p in out.iterdir()} == {

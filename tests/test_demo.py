@@ -16,10 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import perturbed, tiny_model
 
 from hf_extrapolate import DeltaLogpExtrapolation
-from hf_extrapolate.toy.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,20 +35,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """URL of the demo serving a tiny Llama pair on 127.0.0.1, launched through its command line."""
-    root = tmp_path_factory.mktemp("pair")
-    base = tiny_model("llama", seed=0)
-    tokenizer = build_tokenizer()
-    for model, name in ((perturbed(base), "rl"), (base, "base")):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+def server(pair_dir, tmp_path_factory):
+    """URL of the demo serving the tiny Llama pair on 127.0.0.1, launched through its command line."""
+    root = tmp_path_factory.mktemp("demo")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     log = open(root / "server.log", "w+")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo" / "app.py"), "--rl", str(root / "rl"), "--base", str(root / "base"),
+        [sys.executable, str(ROOT / "demo" / "app.py"), "--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"),
          "--host", "127.0.0.1", "--port", str(port), "--max-new-tokens", "32"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -197,15 +190,12 @@ def test_page_in_chromium(server, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def test_command_line_takes_the_pair_options(app, pair, tokenizer, tmp_path, capsys):
+def test_command_line_takes_the_pair_options(app, pair, pair_dir, capsys):
     """`--dry-run` prints the memory estimate and loads nothing; one model without the other is refused."""
-    for model, name in zip(pair, ("rl", "base")):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
     with pytest.raises(SystemExit) as done:
-        app.main(["--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--dry-run", "--dtype", "float32"])
+        app.main(["--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"), "--dry-run", "--dtype", "float32"])
     assert done.value.code == 0
     assert json.loads(capsys.readouterr().out)["rl"]["parameters"] == sum(p.numel() for p in pair[0].parameters())
     with pytest.raises(SystemExit) as refused:
-        app.main(["--rl", str(tmp_path / "rl")])
+        app.main(["--rl", str(pair_dir / "rl")])
     assert refused.value.code == 2 and "give both --rl and --base" in capsys.readouterr().err

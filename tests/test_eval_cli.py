@@ -27,16 +27,13 @@ PROMPTS = ("<|im_start|>user\nCompute 12 + 30.<|im_end|>\n<|im_start|>assistant\
 
 
 @pytest.fixture(scope="module")
-def folders(pair, tokenizer, tmp_path_factory) -> dict[str, str]:
+def folders(pair, pair_dir, tokenizer, tmp_path_factory) -> dict[str, str]:
     """Saved tiny RL and base models, and the pair exported (save_pretrained) with γ = 0 and γ = 0.5."""
-    root = tmp_path_factory.mktemp("pair")
-    rl, base = pair
-    for name, model in (("rl", rl), ("base", base)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    root = tmp_path_factory.mktemp("exported")
     for name, gamma in (("x0", 0.0), ("x05", 0.5)):
-        ExtrapolatedForCausalLM(rl, base, gamma=gamma, tokenizer=tokenizer).save_pretrained(root / name)
-    return {name: str(root / name) for name in ("rl", "base", "x0", "x05")}
+        ExtrapolatedForCausalLM(*pair, gamma=gamma, tokenizer=tokenizer).save_pretrained(root / name)
+    folders = {name: pair_dir / name for name in ("rl", "base")} | {name: root / name for name in ("x0", "x05")}
+    return {name: str(path) for name, path in folders.items()}
 
 
 def greedy(lm: HFLM, prompts: tuple[str, ...] = PROMPTS) -> list[str]:

@@ -7,7 +7,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import perturbed, tiny_model
 from test_core import PROMPTS, encode, greedy, no_cache_greedy
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM, ExtrapolationConfig, load_pair
@@ -15,22 +14,12 @@ from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM, Extr
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("gpu_pair")
-    base = tiny_model("llama", seed=0)
-    for model, name in ((perturbed(base), "rl"), (base, "base")):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
 @pytest.mark.parametrize("settings", [{"gamma": 0.5}, {"gamma": 1.0, "select": "delta_logp", "threshold": -0.3,
                                                          "temperature": 0.0}], ids=["full", "selective"])  # fmt: skip
-def test_cuda_matches_cpu_no_cache_loop(folders, tokenizer, settings):
+def test_cuda_matches_cpu_no_cache_loop(pair_dir, tokenizer, settings):
     """Processor and wrapper on the GPU (fp32) give the tokens of the CPU loop that recomputes both models."""
-    rl, base, _ = load_pair(str(folders / "rl"), str(folders / "base"), dtype=torch.float32, device_map="cuda")
-    cpu_rl, cpu_base, _ = load_pair(str(folders / "rl"), str(folders / "base"), dtype=torch.float32)
+    rl, base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"), dtype=torch.float32, device_map="cuda")
+    cpu_rl, cpu_base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"), dtype=torch.float32)
     expected = no_cache_greedy(cpu_rl, cpu_base, tokenizer, ExtrapolationConfig(**settings))
     enc = encode(tokenizer).to("cuda")
     proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings)
@@ -39,12 +28,12 @@ def test_cuda_matches_cpu_no_cache_loop(folders, tokenizer, settings):
     assert torch.equal(greedy(wrapper, enc).cpu(), expected)
 
 
-def test_pair_split_across_devices(folders, tokenizer):
+def test_pair_split_across_devices(pair_dir, tokenizer):
     """RL model on the GPU, base model on the CPU (`base_device_map`): same tokens as both on the CPU."""
-    rl, base, _ = load_pair(str(folders / "rl"), str(folders / "base"), dtype=torch.float32, device_map="cuda",
+    rl, base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"), dtype=torch.float32, device_map="cuda",
                             base_device_map="cpu")  # fmt: skip
     assert rl.device.type == "cuda" and base.device.type == "cpu"
-    cpu_rl, cpu_base, _ = load_pair(str(folders / "rl"), str(folders / "base"), dtype=torch.float32)
+    cpu_rl, cpu_base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"), dtype=torch.float32)
     split = greedy(rl, encode(tokenizer).to("cuda"), logits_processor=[DeltaLogpExtrapolation(base, 0.5)]).cpu()
     expected = greedy(cpu_rl, encode(tokenizer), logits_processor=[DeltaLogpExtrapolation(cpu_base, 0.5)])
     assert torch.equal(split, expected)  # (BatchEncoding.to moves in place: encode twice)
@@ -52,13 +41,13 @@ def test_pair_split_across_devices(folders, tokenizer):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 @pytest.mark.parametrize("bits", [4, 8])
-def test_bitsandbytes_pair(folders, tokenizer, bits):
+def test_bitsandbytes_pair(pair_dir, tokenizer, bits):
     """`load_pair(load_in_4bit / load_in_8bit)` quantizes both models' linear layers; γ = 0 is then the quantized RL
     model alone (tokens and log-probs), and γ > 0 decodes."""
     import bitsandbytes as bnb
 
     flag = {"load_in_4bit": True} if bits == 4 else {"load_in_8bit": True}
-    rl, base, _ = load_pair(str(folders / "rl"), str(folders / "base"), device_map="cuda", **flag)
+    rl, base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"), device_map="cuda", **flag)
     layer = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
     for model in (rl, base):
         assert isinstance(model.model.layers[0].self_attn.q_proj, layer)
