@@ -112,9 +112,8 @@ def main() -> None:
         secs = sum(r[n]["train_seconds"] for r in results.values()) / len(results)
         lines.append(f"| {n} | {fmt(seed_means['sampled'])} | {fmt(seed_means['greedy'])} | {delta} | {secs:.0f} |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    steps = args.grpo_steps or ToySettings.grpo_steps
-    lr = args.grpo_lr or ToySettings.grpo_lr
-    title = f"Toy task, held-out split; GRPO {steps} steps, lr {lr:g}; lines: seeds"
+    rl_settings = ToySettings(**grpo)
+    title = f"Toy task, held-out split; GRPO {rl_settings.grpo_steps} steps, lr {rl_settings.grpo_lr:g}; lines: seeds"
     plot(results, args.methods, args.out / "accuracy.png", title)
     print("\n".join(lines))
 
