@@ -56,7 +56,8 @@ class Column:
     ids: list[int] = field(default_factory=list)
     done: bool = False
     tokens: list[dict] | None = None
-    flag_rate: float | None = None
+    resample_rate: float | None = None
+    changed_rate: float | None = None
 
 
 class _Feed(BaseStreamer):
@@ -127,7 +128,7 @@ def token_stats(
 
     chance = None
     if resampled and config.select is not None:
-        mixture, m = combine(logp_rl, logp_base, config)
+        mixture, (m, _) = combine(logp_rl, logp_base, config)
         logp_x_sampled = sampling_log_probs(logp_x, config.temperature, config.top_p)
         ratio = m.log() + logp_x_sampled.gather(-1, index)[:, 0] - mixture.gather(-1, index)[:, 0]
         chance = ratio.exp().nan_to_num(0.0).clamp(0.0, 1.0).tolist()
@@ -188,9 +189,10 @@ def render(column: Column, tokenizer: Any, gamma: float) -> str:
             f"{html.escape(text)}</span>"
         )
     note = f"{len(column.tokens)} tokens"
-    if column.flag_rate is not None:
+    if column.resample_rate is not None:
         changed = sum(t["resampled"] >= 0.5 for t in column.tokens)
-        note += f" · {changed} marked as resampled · expected resampled share {column.flag_rate:.1%}"
+        note += (f" · {changed} marked as resampled · expected shares: resampled {column.resample_rate:.1%}, "
+                 f"changed {column.changed_rate:.1%}")  # fmt: skip
     return _box("".join(spans), note)
 
 
@@ -321,7 +323,8 @@ class DemoModels:
                 for name in [n for n in COLUMNS if columns[n].done and columns[n].tokens is None and not errors]:
                     self._score(name, columns[name], prompt_ids[0], config)
                     if name == "extrapolated":
-                        columns[name].flag_rate = extrapolation.flag_rate
+                        columns[name].resample_rate = extrapolation.resample_rate
+                        columns[name].changed_rate = extrapolation.changed_rate
                     yield columns
             if errors:
                 raise gr.Error(f"generation failed: {errors[0]}")
@@ -355,7 +358,8 @@ def summary(columns: dict[str, Column], config: ExtrapolationConfig, tokenizer: 
             name: {
                 "text": tokenizer.decode(col.ids, skip_special_tokens=True),
                 "tokens": col.tokens,
-                "expected_resampled_share": col.flag_rate,
+                "expected_resampled_share": col.resample_rate,
+                "expected_changed_share": col.changed_rate,
             }
             for name, col in columns.items()
         },

@@ -122,8 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, streamer=streamer,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )  # fmt: skip
-    if proc.flag_rate is not None:
-        print(f"[resampled {proc.flag_rate:.1%} of tokens in expectation]")
+    if proc.resample_rate is not None:
+        print(f"[in expectation: {proc.resample_rate:.1%} of tokens resampled, {proc.changed_rate:.1%} changed]")
     return 0
 
 

@@ -7,6 +7,8 @@ never turn into NaN or +inf.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -14,6 +16,18 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from .configuration import ExtrapolationConfig
 
 NEG_INF = float("-inf")
+
+
+class SelectionRates(NamedTuple):
+    """Per-position chances of selective decoding, in closed form (expectations, not samples), shape ``[...]``.
+
+    ``resampled`` is ``m = Σ_y π_P'(y) f(y)``: the proposal was flagged and redrawn from π_X'.
+    ``changed`` is ``Σ_y π_P'(y) f(y) (1 − π_X'(y))``: the emitted token differs from the proposal (a redraw can
+    return the proposed token, so ``changed ≤ resampled``).
+    """
+
+    resampled: Tensor
+    changed: Tensor
 
 
 def log_probs(scores: Tensor) -> Tensor:
@@ -110,8 +124,8 @@ def _flags(logp_rl: Tensor, logp_base: Tensor, delta: Tensor, config: Extrapolat
 
 def combine(
     rl_scores: Tensor, base_scores: Tensor, config: ExtrapolationConfig, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """Next-token log-probabilities of extrapolated decoding, and the probability a token was flagged.
+) -> tuple[Tensor, SelectionRates | None]:
+    """Next-token log-probabilities of extrapolated decoding, and (selective mode) the resample/change rates.
 
     Args:
         rl_scores: RL-model logits or log-probs, ``[..., V]`` (already cut to the shared vocabulary).
@@ -126,9 +140,9 @@ def combine(
 
         P(y) = π_P'(y) · (1 − f(y)) + m · π_X'(y),   m = Σ_x π_P'(x) f(x),
 
-    where π_P' is the proposer after temperature and top-p and f the flag probability; and ``m``, the
-    chance that the emitted token was resampled (shape ``[...]``). With temperature 0 it returns the
-    one-hot distribution of the greedy algorithm: the proposer's argmax, or π_X's argmax where flagged.
+    where π_P' is the proposer after temperature and top-p and f the flag probability; and the
+    `SelectionRates` of that step. With temperature 0 it returns the one-hot distribution of the greedy
+    algorithm: the proposer's argmax, or π_X's argmax where flagged.
     """
     # tokens the RL scores mask (other processors: min_new_tokens, bad words, ...) are masked for the base too
     base_scores = base_scores.float().masked_fill(torch.isneginf(rl_scores), NEG_INF)
@@ -159,11 +173,17 @@ def combine(
         f = flag.expand_as(logp_prop).gather(-1, proposal)
         if config.select == "random":
             f = (torch.rand(f.shape, generator=generator, device=f.device) < f).float()
-        choice = torch.where(f > 0, logp_x.argmax(-1, keepdim=True), proposal)
-        return torch.full_like(logp_prop, NEG_INF).scatter_(-1, choice, 0.0), f.squeeze(-1)
+        redraw = logp_x.argmax(-1, keepdim=True)
+        choice = torch.where(f > 0, redraw, proposal)
+        changed = f * (redraw != proposal)
+        return torch.full_like(logp_prop, NEG_INF).scatter_(-1, choice, 0.0), SelectionRates(
+            f.squeeze(-1), changed.squeeze(-1)
+        )
 
     p_prop = sampling_log_probs(logp_prop, config.temperature, config.top_p).exp()
     p_x = sampling_log_probs(logp_x, config.temperature, config.top_p).exp()
-    m = (p_prop * flag).sum(-1, keepdim=True)
+    flagged = p_prop * flag
+    m = flagged.sum(-1, keepdim=True)
     mixture = p_prop * (1.0 - flag) + p_x * m
-    return mixture.log(), m.squeeze(-1)
+    changed = (flagged * (1.0 - p_x)).sum(-1)
+    return mixture.log(), SelectionRates(m.squeeze(-1), changed)

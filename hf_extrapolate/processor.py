@@ -41,8 +41,9 @@ class DeltaLogpExtrapolation(LogitsProcessor):
     rebuilds it, so one processor can be reused across `generate` calls. Left padding is read from
     ``input_ids`` (leading ``pad_token_id`` tokens), as logits processors do not see the attention mask.
 
-    In selective mode `flag_rate` is the mean probability that an emitted token was resampled (the share of
-    tokens changed), over the rows still generating at every step since construction or `reset()`.
+    In selective mode `resample_rate` is the mean probability that an emitted token was redrawn from π_X, and
+    `changed_rate` the mean probability that it differs from the proposal (a redraw may return the proposed
+    token), both in closed form over the rows still generating at every step since construction or `reset()`.
 
     Example:
 
@@ -98,13 +99,23 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         whenever the prompt changes)."""
         self._cache: DynamicCache | None = None
         self._ids: Tensor | None = None  # the token ids the cache holds, [batch, length]
-        self._flag_sum: Tensor | None = None
+        self._rate_sums: Tensor | None = None  # [resampled, changed], summed over emitting rows and steps
         self._steps: Tensor | None = None
 
+    def _rate(self, which: int) -> float | None:
+        return None if self._rate_sums is None else float(self._rate_sums[which]) / max(float(self._steps), 1.0)
+
     @property
-    def flag_rate(self) -> float | None:
-        """Mean flag probability of the emitted tokens since construction or `reset()`; ``None`` in full mode."""
-        return None if self._flag_sum is None else float(self._flag_sum) / max(float(self._steps), 1.0)
+    def resample_rate(self) -> float | None:
+        """Mean chance that an emitted token was redrawn from π_X, since construction or `reset()`; ``None`` in
+        full mode."""
+        return self._rate(0)
+
+    @property
+    def changed_rate(self) -> float | None:
+        """Mean chance that an emitted token differs from the proposal, since construction or `reset()`; ``None``
+        in full mode."""
+        return self._rate(1)
 
     def _sync(self, input_ids: Tensor) -> int:
         """Make the cache a prefix of ``input_ids``; return the position from which tokens must be fed."""
@@ -151,12 +162,12 @@ class DeltaLogpExtrapolation(LogitsProcessor):
             return scores
         base = self.base_log_probs(input_ids).to(scores.device)
         width = shared_vocab_size(scores.shape[-1], base.shape[-1], self.tokenizer_size)
-        logp, flag = combine(scores[:, :width], base[:, :width], self.config, self.generator)
-        if flag is not None:
+        logp, rates = combine(scores[:, :width], base[:, :width], self.config, self.generator)
+        if rates is not None:
             # rows that have finished (their last token is padding or EOS) are not emitting anything
-            active = ~torch.isin(input_ids[:, -1], self._stop_ids.to(input_ids.device)).to(flag.device)
-            total, count = (flag * active).sum(), active.sum()
-            self._flag_sum = total if self._flag_sum is None else self._flag_sum + total
+            active = ~torch.isin(input_ids[:, -1], self._stop_ids.to(input_ids.device)).to(logp.device)
+            total, count = (torch.stack(rates) * active).sum(-1), active.sum()
+            self._rate_sums = total if self._rate_sums is None else self._rate_sums + total
             self._steps = count if self._steps is None else self._steps + count
         if width == scores.shape[-1]:
             return logp

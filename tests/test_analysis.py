@@ -108,9 +108,9 @@ def test_replacement_extremes_equal_each_model_alone(pair, tokenizer, temperatur
         torch.testing.assert_close(m[batch.response_mask], torch.full_like(m, share)[batch.response_mask])
 
 
-def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
+def test_replaced_share_matches_processor_resample_rate(pair, tokenizer):
     """Over the emitted response tokens (up to EOS), the teacher-forced replacement probability averages to
-    the flag rate the processor accumulated while generating."""
+    the resample rate the processor accumulated while generating."""
     rl, base = pair
     sampling = Sampling(
         samples=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=0, eos_token_id=(tokenizer.eos_token_id,)
@@ -123,7 +123,7 @@ def test_replaced_share_matches_processor_flag_rate(pair, tokenizer):
         )
         share = m[batch.response_mask].mean().item()
         assert 0.0 < share < 1.0
-        assert math.isclose(share, proc.flag_rate, rel_tol=1e-4, abs_tol=1e-6), (metric, share, proc.flag_rate)
+        assert math.isclose(share, proc.resample_rate, rel_tol=1e-4, abs_tol=1e-6), (metric, share, proc.resample_rate)
         lengths += batch.response_mask.sum(1).tolist()
     assert min(lengths) < sampling.max_new_tokens  # some row stopped at EOS, so finished rows are excluded
 

@@ -196,13 +196,15 @@ def test_selective_matches_closed_form_and_monte_carlo():
     rl_logits, base_logits = torch.randn(2, 12) * 2
     gamma, tau, temperature, top_p = 0.5, -0.3, 0.8, 0.9
     cfg = ExtrapolationConfig(gamma=gamma, select="delta_logp", threshold=tau, temperature=temperature, top_p=top_p)
-    logp, m = combine(rl_logits[None], base_logits[None], cfg)
+    logp, (m, changed) = combine(rl_logits[None], base_logits[None], cfg)
     ref, prop, px, flagged = reference_selective(
         rl_logits.tolist(), base_logits.tolist(), gamma, tau, temperature, top_p
     )
     assert 0 < sum(flagged) < 12  # some tokens flagged, some not
     torch.testing.assert_close(logp.exp()[0], torch.tensor(ref), rtol=0, atol=1e-6)
     assert m.item() == pytest.approx(sum(p for p, f in zip(prop, flagged) if f), abs=1e-6)
+    assert changed.item() == pytest.approx(sum(p * (1 - q) for p, f, q in zip(prop, flagged, px) if f), abs=1e-6)
+    assert changed.item() <= m.item()  # a redraw can give the proposed token back (not here: top-p cuts them)
 
     # Monte Carlo of the two-stage algorithm itself: propose, flag, resample
     gen = torch.Generator().manual_seed(1)
@@ -213,6 +215,9 @@ def test_selective_matches_closed_form_and_monte_carlo():
     empirical = torch.bincount(emitted, minlength=12).float() / n
     tv = 0.5 * (empirical - logp.exp()[0]).abs().sum().item()
     assert tv < 0.01, f"total variation {tv:.4f} above the bound 0.01 (expected ~0.003 for n=200k, 12 tokens)"
+    was_flagged = torch.tensor(flagged)[proposals]
+    assert was_flagged.float().mean().item() == pytest.approx(m.item(), abs=0.005)  # 5 sigma at n=200k
+    assert (emitted != proposals).float().mean().item() == pytest.approx(changed.item(), abs=0.005)
 
 
 @pytest.mark.parametrize("select", ["base_entropy", "rl_entropy", "kl", "reverse_kl", "js", "random", "all", "none"])
@@ -226,7 +231,7 @@ def test_position_criteria_mix_proposer_and_extrapolated(select):
             "js": (kl_rb + kl_br) / 2}.get(select)  # fmt: skip
     tau = 0.3 if select == "random" else (stat.median().item() if stat is not None else None)
     cfg = ExtrapolationConfig(gamma=0.4, select=select, threshold=tau)
-    logp, m = combine(rl_logits, base_logits, cfg)
+    logp, (m, _) = combine(rl_logits, base_logits, cfg)
     f = {"random": torch.full((4,), 0.3), "all": torch.ones(4), "none": torch.zeros(4)}.get(select)
     f = (stat >= tau).float() if f is None else f
     px = (1.4 * lr - 0.4 * lb).softmax(-1)
@@ -239,13 +244,14 @@ def test_greedy_selective_rule():
     torch.manual_seed(5)
     rl_logits, base_logits = torch.randn(2, 64, 9) * 2
     cfg = ExtrapolationConfig(gamma=1.0, select="delta_logp", threshold=-0.2, temperature=0)
-    logp, m = combine(rl_logits, base_logits, cfg)
+    logp, (m, changed) = combine(rl_logits, base_logits, cfg)
     lr, lb = rl_logits.log_softmax(-1), base_logits.log_softmax(-1)
     proposal = lb.argmax(-1)
     flagged = (lr - lb).gather(-1, proposal[:, None])[:, 0] <= -0.2
     expected = torch.where(flagged, (2 * lr - lb).argmax(-1), proposal)
     assert torch.equal(logp.argmax(-1), expected)
     assert torch.equal(logp.exp().sum(-1), torch.ones(64)) and torch.equal(m, flagged.float())
+    assert torch.equal(changed, (flagged & (expected != proposal)).float())
     assert 0 < flagged.sum() < 64
 
 
@@ -393,17 +399,18 @@ def test_assisted_decoding_rollbacks_keep_the_processor_exact(pair, tokenizer):
     assert torch.equal(greedy(rl, enc, logits_processor=[proc], assistant_model=draft), ref)
 
 
-def test_flag_rate_counts_emitting_rows_across_calls(pair, tokenizer):
+def test_rates_count_emitting_rows_across_calls(pair, tokenizer):
     rl, base = pair
     enc = encode(tokenizer)
     for select, threshold, expected in (("all", None, 1.0), ("none", None, 0.0), ("random", 0.3, 0.3)):
         proc = DeltaLogpExtrapolation(base, select=select, threshold=threshold, tokenizer=tokenizer)
         for _ in range(2):  # a second call with the same processor adds to the same statistics
             rl.generate(**enc, logits_processor=[proc], do_sample=True, max_new_tokens=6, pad_token_id=0)
-        assert proc.flag_rate == pytest.approx(expected, abs=1e-6)
+        assert proc.resample_rate == pytest.approx(expected, abs=1e-6)
+        assert 0.0 <= proc.changed_rate <= proc.resample_rate
     proc = DeltaLogpExtrapolation(base, gamma=0.5, select="delta_logp", threshold=-0.3, tokenizer=tokenizer)
     greedy(rl, enc, logits_processor=[proc])
-    assert 0.0 < proc.flag_rate < 1.0
+    assert 0.0 < proc.resample_rate < 1.0
     proc.reset()
-    assert proc.flag_rate is None
-    assert DeltaLogpExtrapolation(base, gamma=0.5).flag_rate is None
+    assert proc.resample_rate is None and proc.changed_rate is None
+    assert DeltaLogpExtrapolation(base, gamma=0.5).resample_rate is None

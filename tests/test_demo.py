@@ -137,7 +137,7 @@ def test_greedy_outputs_are_those_of_generate(app, pair, tokenizer, mode):
     }
     for name, out in expected.items():
         assert columns[name].ids == out[0, ids.shape[1] :].tolist(), name
-    assert columns["extrapolated"].flag_rate == proc.flag_rate
+    assert columns["extrapolated"].resample_rate == proc.resample_rate
 
 
 def test_request_limits(app, pair, tokenizer):

@@ -156,15 +156,14 @@ def replacement_probability(
 ) -> Tensor:
     """``[B, T]``: the chance that selective decoding with ``config`` resampled the token at each position.
 
-    This is the core's ``m`` (`combine`), recomputed teacher-forced on the emitted sequences, so its mean
-    over the response tokens is the expected share of replaced tokens; unlike the processor's running
-    `flag_rate`, steps after a row has finished are not counted.
+    This is the core's ``m`` (`combine`'s ``resampled``), recomputed teacher-forced on the emitted sequences,
+    so its mean over the response tokens is the processor's `resample_rate`.
     """
     if config.select is None:
         raise ValueError("replacement_probability needs a selective config (select set)")
     return teacher_forced(
         rl_model, base_model, input_ids, attention_mask, score_mask,
-        lambda rl, base, _: {"m": combine(rl, base, config)[1]}, vocab_size=vocab_size,
+        lambda rl, base, _: {"m": combine(rl, base, config)[1].resampled}, vocab_size=vocab_size,
     )["m"]  # fmt: skip
 
 

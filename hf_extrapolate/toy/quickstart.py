@@ -43,7 +43,8 @@ def methods(gammas: tuple[float, ...] = GAMMAS, tau: float = TAU) -> list[Method
 
 
 def evaluate(method: Method, models: dict, tokenizer: Any, problems: list[dict], samples: int, seed: int) -> None:
-    """Fill ``method.results``: sampled avg@k and greedy accuracy with 95% CIs, and the share of tokens changed."""
+    """Fill ``method.results``: sampled avg@k and greedy accuracy with 95% CIs, and (selective) the expected shares
+    of tokens resampled and changed."""
     from hf_extrapolate import DeltaLogpExtrapolation
 
     for mode, k, temperature in (("sampled", samples, 1.0), ("greedy", 1, 0.0)):
@@ -57,15 +58,18 @@ def evaluate(method: Method, models: dict, tokenizer: Any, problems: list[dict],
                                desc=f"{method.name} ({mode})")  # fmt: skip
         mean, half = mean_ci(accuracy(problems, completions))
         method.results[mode] = {"accuracy": mean, "ci95": half}
-        if procs and procs[0].flag_rate is not None:
-            method.results[mode]["changed"] = procs[0].flag_rate
+        if procs and procs[0].resample_rate is not None:
+            method.results[mode]["resampled"] = procs[0].resample_rate
+            method.results[mode]["changed"] = procs[0].changed_rate
 
 
 def table(ms: list[Method], samples: int) -> str:
-    lines = [f"| method | avg@{samples} (sampled, T=1) | greedy | tokens changed (sampled) |", "|---|---|---|---|"]
+    lines = [f"| method | avg@{samples} (sampled, T=1) | greedy | tokens resampled / changed (sampled) |",
+             "|---|---|---|---|"]  # fmt: skip
     for m in ms:
         s, g = m.results["sampled"], m.results["greedy"]
-        changed = f"{s['changed']:.1%}" if "changed" in s else ("all (reweighted)" if m.settings else "—")
+        changed = f"{s['resampled']:.1%} / {s['changed']:.1%}" if "changed" in s else (
+            "all (reweighted)" if m.settings else "—")  # fmt: skip
         lines.append(f"| {m.name} | {100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f} | "
                      f"{100 * g['accuracy']:.1f} ± {100 * g['ci95']:.1f} | {changed} |")  # fmt: skip
     return "\n".join(lines)
