@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
@@ -89,3 +92,9 @@ def pair_dir(pair, tokenizer, tmp_path_factory):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file below ``folder``: hash it before and after a command that writes."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
