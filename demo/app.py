@@ -9,17 +9,25 @@ output ends, its tokens are scored teacher-forced under both models for the colo
 """
 
 import argparse
+import asyncio
+import contextlib
 import html
+import logging
+import math
 import os
-import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import gradio as gr
 import torch
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from torch import Tensor
 from transformers import LogitsProcessor, PreTrainedModel, StoppingCriteria
 from transformers.generation import BaseStreamer
@@ -35,9 +43,15 @@ TITLES = {"base": "Base model π_B", "rl": "RL model π_R", "extrapolated": "Ext
 # "random" is left out: its greedy flags are fresh coin flips that teacher-forced scoring cannot recover
 DEMO_CRITERIA = [c for c in CRITERIA if c != "random"]
 GAMMA_RANGE = (-1.0, 4.0)  # γ = −1 is the base model, 0 the RL model
+TAU_RANGE = (-5.0, 5.0)
+TEMPERATURE_RANGE = (0.05, 2.0)
+TOP_P_RANGE = (0.05, 1.0)
+BUSY_WAIT_S = 60.0  # how long a request waits for cancelled requests' generations to end before it gives up
+JOIN_WAIT_S = 30.0  # how long a handler waits for its generations to stop (they stop at their next token)
 DELTA_SCALE = 2.0  # |Δlog p| at which a token's colour saturates
 TOP_K = 5  # alternatives shown per model in a token's tooltip
 BLUE, RED = (37, 99, 235), (220, 38, 38)
+log = logging.getLogger("hf_extrapolate.demo")
 
 
 @dataclass(frozen=True)
@@ -61,19 +75,19 @@ class Column:
 
 
 class _Feed(BaseStreamer):
-    """Puts ``(column, new token ids)`` on a shared queue, and ``(column, None)`` at the end."""
+    """Posts ``("ids", column, new token ids)`` as tokens arrive, and ``("done", column, None)`` at the end."""
 
-    def __init__(self, column: str, events: queue.Queue):
-        self.column, self.events, self.prompt_seen = column, events, False
+    def __init__(self, column: str, post: Callable[[tuple], None]):
+        self.column, self.post, self.prompt_seen = column, post, False
 
     def put(self, value: Tensor) -> None:
         if not self.prompt_seen:  # generate first hands over the prompt
             self.prompt_seen = True
             return
-        self.events.put((self.column, value.flatten().tolist()))
+        self.post(("ids", self.column, value.flatten().tolist()))
 
     def end(self) -> None:
-        self.events.put((self.column, None))
+        self.post(("done", self.column, None))
 
 
 class SeededSampling(LogitsProcessor):
@@ -201,21 +215,94 @@ OUTPUT_CSS = """
 .hfx-out { white-space: pre-wrap; font-family: ui-monospace, monospace; line-height: 1.7; min-height: 6em;
            padding: .5em; border: 1px solid #8884; border-radius: 6px; }
 .hfx-note { opacity: .7; font-size: .85em; margin-top: .4em; }
-.hfx-tok { position: relative; border-radius: 3px; cursor: help; }
+.hfx-tok { border-radius: 3px; cursor: help; }
 .hfx-tok:hover, .hfx-tok:focus { outline: 1px solid #000a; }
 .hfx-changed { outline: 2px solid currentColor; font-weight: 700; }
-.hfx-tok:hover::after, .hfx-tok:focus::after {
-  content: attr(data-tip); position: absolute; left: 0; top: 1.8em; z-index: 50; white-space: pre;
-  background: #111d; color: #fff; font-size: 12px; font-weight: 400; line-height: 1.4; padding: 6px 8px;
-  border-radius: 6px; pointer-events: none; }
+"""
+
+# a token's card (its data-tip), shown on hover or focus: one fixed element, placed inside the window
+CARD_JS = """
+let card = document.getElementById('hfx-card');
+if (!card) {
+  card = document.createElement('div');
+  card.id = 'hfx-card';
+  card.style.cssText = 'position:fixed; z-index:1000; display:none; pointer-events:none; white-space:pre-wrap; ' +
+    'overflow-wrap:anywhere; max-width:min(48em, calc(100vw - 16px)); background:#111e; color:#fff; ' +
+    'font:12px/1.4 ui-monospace, monospace; padding:6px 8px; border-radius:6px;';
+  document.body.appendChild(card);
+  addEventListener('scroll', () => { card.style.display = 'none'; }, true);
+}
+const show = (event) => {
+  const token = event.target.closest('.hfx-tok');
+  if (!token) return;
+  card.textContent = token.dataset.tip;
+  card.style.display = 'block';
+  const r = token.getBoundingClientRect(), w = card.offsetWidth, h = card.offsetHeight;
+  const width = document.documentElement.clientWidth, height = document.documentElement.clientHeight;
+  card.style.left = Math.max(8, Math.min(r.left, width - w - 8)) + 'px';
+  card.style.top = (r.bottom + 4 + h <= height - 8 ? r.bottom + 4 : Math.max(8, r.top - h - 4)) + 'px';
+};
+const hide = (event) => { if (event.target.closest('.hfx-tok')) card.style.display = 'none'; };
+element.addEventListener('mouseover', show);
+element.addEventListener('focusin', show);
+element.addEventListener('mouseout', hide);
+element.addEventListener('focusout', hide);
 """
 
 
-class DemoModels:
-    """The RL/base pair and tokenizer fixed at launch, and the request limits."""
+def refuse(message: str) -> gr.Error:
+    """An expected refusal: its one line goes to the user and to the server log, without a traceback."""
+    log.warning("refused: %s", message)
+    return gr.Error(message, print_exception=False)
 
-    def __init__(self, rl: PreTrainedModel, base: PreTrainedModel, tokenizer: Any, limits: Limits):
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _real(name: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a float in ``[low, high]``; anything else (text, a bool, NaN, a list) is refused."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (number and low <= value <= high):
+        raise refuse(f"{name} must be a number within [{low:g}, {high:g}], got {_brief(value)}.")
+    return float(value)
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]`` (integral floats, as number boxes send, are accepted)."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (number and float(value).is_integer() and low <= value <= high):
+        raise refuse(f"{name} must be a whole number between {low} and {high}, got {_brief(value)}.")
+    return int(value)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not (isinstance(value, str) and value in choices):
+        raise refuse(f"{name} must be one of {', '.join(choices)}; got {_brief(value)}.")
+    return value
+
+
+async def _ended(thread: threading.Thread, timeout: float) -> bool:
+    """Wait (without blocking the event loop) until ``thread`` has ended, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not thread.is_alive()
+
+
+class DemoModels:
+    """The RL/base pair and tokenizer fixed at launch, the request limits, and the slots for running work.
+
+    At most ``concurrency`` requests generate at once. A slot is held until the request's generation threads
+    have ended, not until its handler returns: a cancelled request counts until its threads have stopped.
+    """
+
+    def __init__(
+        self, rl: PreTrainedModel, base: PreTrainedModel, tokenizer: Any, limits: Limits, concurrency: int = 1
+    ):
         self.rl, self.base, self.tokenizer, self.limits = rl, base, tokenizer, limits
+        self.slots = threading.BoundedSemaphore(concurrency)
         stop = {tokenizer.eos_token_id, *_as_list(rl.generation_config.eos_token_id)}
         stop |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",) if t in tokenizer.all_special_tokens}
         self.stop_ids = sorted(i for i in stop if i is not None)
@@ -223,13 +310,15 @@ class DemoModels:
         positions = [getattr(m.config, "max_position_embeddings", None) for m in (rl, base)]
         self.context = min((p for p in positions if p), default=2**31)
 
-    def encode(self, prompt: str) -> Tensor:
+    def encode(self, prompt: Any) -> Tensor:
         """The prompt as model input (inside the chat template when the tokenizer has one), within the limits."""
-        if not prompt or not prompt.strip():
-            raise gr.Error("Type a prompt first.")
+        if not isinstance(prompt, str):
+            raise refuse(f"The prompt must be text, got {type(prompt).__name__}.")
+        if not prompt.strip():
+            raise refuse("Type a prompt first.")
         if len(prompt) > self.limits.max_prompt_chars:
-            raise gr.Error(f"The prompt has {len(prompt)} characters; this demo takes at most "
-                           f"{self.limits.max_prompt_chars}.")  # fmt: skip
+            raise refuse(f"The prompt has {len(prompt)} characters; this demo takes at most "
+                         f"{self.limits.max_prompt_chars}.")  # fmt: skip
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
@@ -238,44 +327,49 @@ class DemoModels:
             text = prompt
         ids = self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt").input_ids
         if ids.shape[1] > self.limits.max_prompt_tokens:
-            raise gr.Error(f"The prompt is {ids.shape[1]} tokens long; this demo takes at most "
-                           f"{self.limits.max_prompt_tokens}.")  # fmt: skip
+            raise refuse(f"The prompt is {ids.shape[1]} tokens long; this demo takes at most "
+                         f"{self.limits.max_prompt_tokens}.")  # fmt: skip
         return ids
 
     def config(
-        self, gamma: float, mode: str, criterion: str, tau: float, decoding: str, temperature: float, top_p: float
+        self, gamma: Any, mode: Any, criterion: Any, tau: Any, decoding: Any, temperature: Any, top_p: Any
     ) -> ExtrapolationConfig:
-        """Validate the request's extrapolation and sampling settings (a clear `gr.Error` when they are wrong)."""
-        if mode not in ("full", "selective"):
-            raise gr.Error(f"mode must be 'full' or 'selective', got {mode!r}.")
-        if decoding not in ("greedy", "sample"):
-            raise gr.Error(f"decoding must be 'greedy' or 'sample', got {decoding!r}.")
-        if mode == "selective" and criterion not in DEMO_CRITERIA:
-            raise gr.Error(f"criterion must be one of {', '.join(DEMO_CRITERIA)}; got {criterion!r}.")
-        if not GAMMA_RANGE[0] <= gamma <= GAMMA_RANGE[1]:
-            raise gr.Error(f"γ must be within [{GAMMA_RANGE[0]:g}, {GAMMA_RANGE[1]:g}], got {gamma!r}.")
+        """Validate the request's extrapolation and sampling settings (one clear `gr.Error` for a bad field)."""
+        gamma = _real("γ", gamma, *GAMMA_RANGE)
+        mode = _choice("mode", mode, ("full", "selective"))
+        criterion = _choice("criterion", criterion, DEMO_CRITERIA)
+        tau = _real("τ", tau, *TAU_RANGE)
+        decoding = _choice("decoding", decoding, ("greedy", "sample"))
+        temperature = _real("temperature", temperature, *TEMPERATURE_RANGE)
+        top_p = _real("top-p", top_p, *TOP_P_RANGE)
+        selective = mode == "selective"
         try:
             return ExtrapolationConfig(
-                gamma=gamma, select=criterion if mode == "selective" else None,
-                threshold=tau if mode == "selective" else None,
+                gamma=gamma, select=criterion if selective else None, threshold=tau if selective else None,
                 temperature=0.0 if decoding == "greedy" else temperature, top_p=top_p,
             )  # fmt: skip
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise refuse(str(err)) from err
 
-    def stream(
-        self, prompt: str, config: ExtrapolationConfig, max_new_tokens: float, seed: float
-    ) -> Iterator[dict[str, Column]]:
-        """Generate the three outputs at once; yield their state whenever new tokens arrive, scored at the end."""
+    async def stream(
+        self, prompt: Any, config: ExtrapolationConfig, max_new_tokens: Any, seed: Any
+    ) -> AsyncIterator[dict[str, Column]]:
+        """Generate the three outputs at once, each in a thread; yield their state whenever new tokens arrive,
+        and again as each output is scored. Closing or cancelling the iteration stops the threads (at their next
+        token) and waits for them to end."""
         max_new_tokens = _integer("max new tokens", max_new_tokens, 1, self.limits.max_new_tokens)
         seed = _integer("seed", seed, 0, 2**63 - 1)
         prompt_ids = self.encode(prompt)
         if prompt_ids.shape[1] + max_new_tokens > self.context:
-            raise gr.Error(f"The prompt ({prompt_ids.shape[1]} tokens) and {max_new_tokens} new tokens exceed the "
-                           f"models' context of {self.context} tokens; ask for fewer new tokens.")  # fmt: skip
-        events: queue.Queue = queue.Queue()
+            raise refuse(f"The prompt ({prompt_ids.shape[1]} tokens) and {max_new_tokens} new tokens exceed the "
+                         f"models' context of {self.context} tokens; ask for fewer new tokens.")  # fmt: skip
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def post(event: tuple) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (the server is shutting down)
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
         stop, errors = threading.Event(), []
-        columns = {name: Column() for name in COLUMNS}
         models = {"base": self.base, "rl": self.rl, "extrapolated": self.rl}
         extrapolation = DeltaLogpExtrapolation(  # applies temperature and top-p to π_X itself
             self.base, config.gamma, select=config.select, threshold=config.threshold,
@@ -293,57 +387,71 @@ class DemoModels:
             model = models[name]
             ids = prompt_ids.to(model_device(model))
             try:
-                model.generate(
+                out = model.generate(
                     ids, attention_mask=torch.ones_like(ids),
                     do_sample=False, max_new_tokens=max_new_tokens, logits_processor=processors[name],
-                    stopping_criteria=[_StopOn(stop)], streamer=_Feed(name, events), eos_token_id=self.stop_ids,
+                    stopping_criteria=[_StopOn(stop)], streamer=_Feed(name, post), eos_token_id=self.stop_ids,
                     pad_token_id=self.pad_id, repetition_penalty=1.0,
                 )  # fmt: skip
+                if stop.is_set():
+                    return
+                new = out[0, ids.shape[1] :].cpu()
+                selective = name == "extrapolated"
+                tokens = token_stats(
+                    self.rl, self.base, self.tokenizer, torch.cat([prompt_ids[0], new]), prompt_ids.shape[1],
+                    config, selective,
+                ) if len(new) else []  # fmt: skip
+                rates = (extrapolation.resample_rate, extrapolation.changed_rate) if selective else (None, None)
+                post(("scored", name, (tokens, *rates)))
             except Exception as err:  # reported to the user once every thread has ended
                 errors.append(err)
                 stop.set()
-                events.put((name, None))
 
-        threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in COLUMNS]
-        for thread in threads:
-            thread.start()
+        def supervise() -> None:  # holds the request's slot until its three generations have ended
+            try:
+                workers = [threading.Thread(target=run, args=(name,), daemon=True) for name in COLUMNS]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            finally:
+                self.slots.release()
+                post(("ended", None, None))
+
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while not self.slots.acquire(blocking=False):  # a cancelled request's threads may still be stopping
+            if time.monotonic() > deadline:
+                raise refuse("The server is busy; try again in a minute.")
+            await asyncio.sleep(0.05)
+        supervisor = threading.Thread(target=supervise, daemon=True)
         try:
-            pending = set(COLUMNS)
-            while pending:
-                batch = [events.get()]
+            supervisor.start()
+        except BaseException:
+            self.slots.release()
+            raise
+        columns = {name: Column() for name in COLUMNS}
+        try:
+            ended = False
+            while not ended:
+                batch = [await events.get()]
                 while not events.empty():  # one update for everything that has arrived
                     batch.append(events.get_nowait())
-                for name, ids in batch:
-                    if ids is not None:
-                        columns[name].ids.extend(ids)
-                    elif name in pending:
-                        pending.discard(name)
+                for kind, name, payload in batch:
+                    if kind == "ids":
+                        columns[name].ids.extend(payload)
+                    elif kind == "done":
                         columns[name].done = True
-                yield columns
-                for name in [n for n in COLUMNS if columns[n].done and columns[n].tokens is None and not errors]:
-                    self._score(name, columns[name], prompt_ids[0], config)
-                    if name == "extrapolated":
-                        columns[name].resample_rate = extrapolation.resample_rate
-                        columns[name].changed_rate = extrapolation.changed_rate
+                    elif kind == "scored":
+                        columns[name].tokens, columns[name].resample_rate, columns[name].changed_rate = payload
+                    ended |= kind == "ended"
+                if not errors:
                     yield columns
             if errors:
                 raise gr.Error(f"generation failed: {errors[0]}")
-        finally:  # also runs when the request is cancelled: stop the threads
+        finally:  # also runs when the request is cancelled or closed: stop the threads, wait for them
             stop.set()
-
-    def _score(self, name: str, column: Column, prompt_ids: Tensor, config: ExtrapolationConfig) -> None:
-        ids = torch.cat([prompt_ids, torch.tensor(column.ids, dtype=prompt_ids.dtype)])
-        column.tokens = token_stats(
-            self.rl, self.base, self.tokenizer, ids, len(prompt_ids), config, name == "extrapolated"
-        ) if column.ids else []  # fmt: skip
-
-
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    """``value`` as an int in ``[low, high]`` (integral floats, as number boxes send, are accepted)."""
-    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
-    if not (whole and low <= value <= high):
-        raise gr.Error(f"{name} must be a whole number between {low} and {high}, got {value!r}.")
-    return int(value)
+            if not await _ended(supervisor, JOIN_WAIT_S):
+                log.warning("a request's generations did not stop within %gs", JOIN_WAIT_S)
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
@@ -391,12 +499,12 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
             mode = gr.Radio(["full", "selective"], value="full", label="mode")
             criterion = gr.Dropdown(DEMO_CRITERIA, value="delta_logp", label="criterion (selective)", interactive=False)
             tau = gr.Slider(
-                -5.0, 5.0, value=-0.3, step=0.05, label="τ (selective; delta_logp flags Δlog p ≤ τ)", interactive=False
+                *TAU_RANGE, value=-0.3, step=0.05, label="τ (selective; delta_logp flags Δlog p ≤ τ)", interactive=False
             )
         with gr.Row():
             decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
-            temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="temperature", interactive=False)
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p", interactive=False)
+            temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="temperature", interactive=False)
+            top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="top-p", interactive=False)
             max_new = gr.Slider(1, limits.max_new_tokens, value=min(128, limits.max_new_tokens), step=1,
                                 label="max new tokens")  # fmt: skip
             seed = gr.Number(0, precision=0, minimum=0, label="seed")
@@ -409,18 +517,21 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
             for name in COLUMNS:
                 with gr.Column():
                     gr.Markdown(f"### {TITLES[name]}")
-                    outputs.append(gr.HTML(_box(""), css_template=OUTPUT_CSS, js_on_load=None, elem_id=f"out-{name}"))
+                    outputs.append(
+                        gr.HTML(_box(""), css_template=OUTPUT_CSS, js_on_load=CARD_JS, elem_id=f"out-{name}")
+                    )
         with gr.Accordion("Per-token data (JSON)", open=False):
             details = gr.JSON(elem_id="details")
         if examples:
             gr.Examples([[e] for e in examples], inputs=[prompt], label="Examples from the toy task")
 
-        def show(
+        async def show(
             prompt: str, gamma: float, mode: str, criterion: str, tau: float, decoding: str, temperature: float,
             top_p: float, max_new_tokens: float, seed: float,
-        ) -> Iterator[tuple]:  # fmt: skip
+        ) -> AsyncIterator[tuple]:  # fmt: skip
+            yield (*(_box("") for _ in COLUMNS), None)  # clear the last request's outputs, also if this one fails
             config = models.config(gamma, mode, criterion, tau, decoding, temperature, top_p)
-            for columns in models.stream(prompt, config, max_new_tokens, seed):
+            async for columns in models.stream(prompt, config, max_new_tokens, seed):
                 yield (*(render(columns[n], tokenizer, config.gamma) for n in COLUMNS), gr.skip())
             yield (*(gr.skip() for _ in COLUMNS), summary(columns, config, tokenizer))
 
@@ -431,7 +542,7 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
         mode.change(lambda m: [gr.update(interactive=m == "selective")] * 2, mode, [criterion, tau], **private)
         decoding.change(lambda d: [gr.update(interactive=d == "sample")] * 2, decoding, [temperature, top_p], **private)
 
-        def generate(
+        async def generate(
             prompt: str,
             gamma: float = 0.5,
             mode: Literal["full", "selective"] = "full",
@@ -460,7 +571,8 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
                 seed: the random seed, shared by the three outputs.
             """
             config = models.config(gamma, mode, criterion, tau, decoding, temperature, top_p)
-            *_, columns = models.stream(prompt, config, max_new_tokens, seed)
+            async for columns in models.stream(prompt, config, max_new_tokens, seed):  # noqa: B007 (the last is kept)
+                pass
             result = summary(columns, config, tokenizer)
             return (*(result["outputs"][n]["text"] for n in COLUMNS), result)
 
@@ -494,6 +606,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class NoUploads:
+    """ASGI middleware that answers every multipart (file upload) request with 413: the demo takes no files."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and Headers(scope=scope).get("content-type", "").startswith("multipart/"):
+            await PlainTextResponse("This demo takes no file uploads.", status_code=413)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def _shown(name: str) -> str:
     """A model's name for the page: the hub id, or only the folder name of a local model (no server paths)."""
     return Path(name).name if Path(name).is_dir() else name
@@ -511,11 +636,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:  # a model or tokenizer that cannot be loaded: one clear line
         raise SystemExit(f"demo/app.py: error: {err}") from err
     limits = Limits(args.max_prompt_chars, args.max_prompt_tokens, args.max_new_tokens)
-    models = DemoModels(rl, base, tokenizer, limits)
+    models = DemoModels(rl, base, tokenizer, limits, args.concurrency)
     title = f"RL model `{_shown(args.rl)}` · base model `{_shown(args.base)}`"
     app = build_app(models, example_prompts(), title)
     app.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-    app.launch(server_name=args.host, server_port=args.port)
+    # the page takes no files: refuse every multipart request before gradio writes it to its temp folder
+    app.launch(
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=0,
+        app_kwargs={"middleware": [Middleware(NoUploads)]},
+    )
 
 
 if __name__ == "__main__":

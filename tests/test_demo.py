@@ -5,15 +5,21 @@ Set HFX_DEMO_SCREENSHOT=path to keep the page's screenshot (docs/img/demo.png is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,17 +40,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(pair_dir, tmp_path_factory):
-    """URL of the demo serving the tiny Llama pair on 127.0.0.1, launched through its command line."""
-    root = tmp_path_factory.mktemp("demo")
+@contextlib.contextmanager
+def running_demo(pair_dir: Path, root: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """`python demo/app.py` serving the pair in `pair_dir` on 127.0.0.1: (its URL, its process, its log file).
+
+    Gradio's temporary folder is `root/gradio` (empty unless something was uploaded); the server is stopped
+    on exit."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    log = open(root / "server.log", "w+")  # noqa: SIM115 (closed below)
+    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(root / "gradio"))
+    log_path = root / "server.log"
+    log = open(log_path, "w+")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "demo" / "app.py"), "--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"),
-         "--host", "127.0.0.1", "--port", str(port), "--max-new-tokens", "32"],
+         "--host", "127.0.0.1", "--port", str(port), *options],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -56,14 +65,30 @@ def server(pair_dir, tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"the demo did not start:\n{log.read()[-3000:]}")
+                    pytest.fail(f"the demo did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield url, proc, log_path
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(pair_dir, tmp_path_factory):
+    """(URL, log file, temporary folder) of the demo serving the tiny Llama pair, new tokens capped at 32."""
+    root = tmp_path_factory.mktemp("demo")
+    with running_demo(pair_dir, root, "--max-new-tokens", "32") as (url, _, log_path):
+        yield url, log_path, root / "gradio"
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 def test_generate_api(server):
@@ -111,6 +136,65 @@ def test_generate_api(server):
         client.predict(prompt="1+" * 2001, api_name="/generate")
 
 
+def test_hostile_requests(served):
+    """Every bad field gets the demo's own one-line message, logged without a traceback; uploads are refused and
+    nothing lands in gradio's temporary folder."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, log_path, temp = served
+    client = Client(url, verbose=False)
+    cases = {
+        "The prompt must be text, got dict": {"prompt": {"role": "user"}},
+        "The prompt must be text, got list": {"prompt": ["x"]},
+        "Type a prompt first": {"prompt": ""},
+        r"γ must be a number within \[-1, 4\], got 'abc'": {"prompt": PROMPT, "gamma": "abc"},
+        r"τ must be a number within \[-5, 5\], got \[1\]": {"prompt": PROMPT, "tau": [1]},
+        "mode must be one of full, selective": {"prompt": PROMPT, "mode": {"x": 1}},
+        "seed must be a whole number": {"prompt": PROMPT, "seed": "7"},
+        "temperature must be a number within": {"prompt": PROMPT, "temperature": True},
+        "criterion must be one of": {"prompt": PROMPT, "criterion": "random"},
+    }
+    for message, request in cases.items():
+        with pytest.raises(AppError, match=f"^{message}"):
+            client.predict(**request, api_name="/generate")
+    text = log_path.read_text()
+    assert "refused: Type a prompt first." in text and "Traceback" not in text
+
+    part = b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.bin"\r\n\r\n' + b"0" * 100_000
+    upload = urllib.request.Request(
+        url + "gradio_api/upload",
+        data=part + b"\r\n--x--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(upload, timeout=30)
+    assert refused.value.code == 413
+    assert not [p for p in temp.rglob("*") if p.is_file()]
+
+
+def last(stream: AsyncIterator) -> Any:
+    """The last item of an async iterator, run to its end."""
+
+    async def run() -> Any:
+        item = None
+        async for item in stream:  # noqa: B007
+            pass
+        return item
+
+    return asyncio.run(run())
+
+
+def first(stream: AsyncIterator) -> Any:
+    async def run() -> Any:
+        try:
+            return await anext(stream)
+        finally:
+            await stream.aclose()
+
+    return asyncio.run(run())
+
+
 @pytest.fixture(scope="module")
 def app():
     """demo/app.py as a module."""
@@ -126,7 +210,7 @@ def test_greedy_outputs_are_those_of_generate(app, pair, tokenizer, mode):
     rl, base = pair
     models = app.DemoModels(rl, base, tokenizer, app.Limits())
     config = models.config(0.5, mode, "delta_logp", -0.3, "greedy", 1.0, 1.0)
-    *_, columns = models.stream(PROMPT, config, 12, 0)
+    columns = last(models.stream(PROMPT, config, 12, 0))
     ids = models.encode(PROMPT)
     common = dict(do_sample=False, max_new_tokens=12, eos_token_id=models.stop_ids, pad_token_id=models.pad_id)
     proc = DeltaLogpExtrapolation(base, 0.5, select=config.select, threshold=config.threshold, temperature=0.0)
@@ -150,44 +234,109 @@ def test_request_limits(app, pair, tokenizer):
     )
     config = models.config(0.5, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0)
     cases = {
-        "Type a prompt first": lambda: next(models.stream("  ", config, 8, 0)),
-        "at most 40": lambda: next(models.stream("x" * 90, config, 8, 0)),
-        "context of 512 tokens": lambda: next(models.stream(PROMPT, config, 500, 0)),
-        "seed must be a whole number": lambda: next(models.stream(PROMPT, config, 8, 1.5)),
-        "γ must be within": lambda: models.config(9.0, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0),
+        "Type a prompt first": lambda: first(models.stream("  ", config, 8, 0)),
+        "The prompt must be text, got dict": lambda: first(models.stream({"a": 1}, config, 8, 0)),
+        "at most 40": lambda: first(models.stream("x" * 90, config, 8, 0)),
+        "context of 512 tokens": lambda: first(models.stream(PROMPT, config, 500, 0)),
+        "seed must be a whole number": lambda: first(models.stream(PROMPT, config, 8, 1.5)),
+        "max new tokens must be a whole number": lambda: first(models.stream(PROMPT, config, float("nan"), 0)),
+        "γ must be a number within": lambda: models.config(9.0, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0),
         "criterion must be one of": lambda: models.config(0.5, "selective", "random", 0.1, "greedy", 1.0, 1.0),
-        "top_p must be in": lambda: models.config(0.5, "full", "delta_logp", -0.3, "sample", 1.0, 0.0),
+        "top-p must be a number within": lambda: models.config(0.5, "full", "delta_logp", -0.3, "sample", 1.0, 0.0),
+        "τ must be a number within": lambda: models.config(0.5, "selective", "kl", "0.1", "greedy", 1.0, 1.0),
+        "decoding must be one of": lambda: models.config(0.5, "full", "delta_logp", -0.3, None, 1.0, 1.0),
     }
     for message, call in cases.items():
         with pytest.raises(gr.Error, match=message):
             call()
+    assert models.slots.acquire(blocking=False)  # no refused request holds a slot
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_a_cancelled_request_stops_its_generations(app, pair, tokenizer, how):
+    """Cancelling the handler's task (what gradio's /cancel does) or closing its iteration stops the three
+    generation threads within a second; the request's slot is held until they have ended."""
+    rl, base = pair
+    models = app.DemoModels(rl, base, tokenizer, app.Limits(max_new_tokens=470))
+    config = models.config(0.5, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0)
+    idle = threading.active_count()
+
+    async def run() -> tuple[float, int]:
+        stream = models.stream(PROMPT, config, 470, 0)
+        generated = []
+
+        async def consume() -> None:
+            async for columns in stream:
+                generated.append(sum(len(c.ids) for c in columns.values()))
+                if how == "close":
+                    break
+
+        task = asyncio.create_task(consume())
+        deadline = time.monotonic() + 30
+        while not generated and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert generated and threading.active_count() == idle + 4  # a supervisor and three generations
+        assert not models.slots.acquire(blocking=False)
+        start = time.monotonic()
+        if how == "cancel":
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if how == "close":
+            await stream.aclose()
+        return time.monotonic() - start, generated[-1]
+
+    elapsed, tokens = asyncio.run(run())
+    assert threading.active_count() == idle and elapsed < 1.0
+    assert tokens < 3 * 470  # stopped early
+    assert models.slots.acquire(blocking=False)  # the slot is free again
 
 
 @pytest.mark.browser
-def test_page_in_chromium(server, tmp_path):
+def test_page_in_chromium(served, tmp_path):
+    """The page runs a request, shows a token's card inside the window (also for the right-most token), and a
+    refused request clears the last outputs (with the refusal as a toast, and no traceback in the server log)."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
+    url, log_path, _ = served
     shot = Path(os.environ.get("HFX_DEMO_SCREENSHOT") or tmp_path / "demo.png")
+    width, height = 1400, 1000
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, wait_until="networkidle")
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, wait_until="networkidle")
             page.locator("#prompt textarea").fill(PROMPT)
             page.get_by_role("radio", name="selective").check()
             page.locator("#run").click()
             for name in ("base", "rl", "extrapolated"):  # scored outputs are token spans with tooltips
                 page.locator(f"#out-{name} .hfx-tok").first.wait_for(timeout=60_000)
             page.get_by_text("marked as resampled").wait_for(timeout=60_000)
-            token = page.locator("#out-extrapolated .hfx-tok").first
-            tooltip = token.get_attribute("data-tip")
-            token.hover()  # its card of alternatives shows in the screenshot
+            tokens = page.locator("#out-extrapolated .hfx-tok")
+            tooltip = tokens.first.get_attribute("data-tip")
+            tokens.first.hover()  # its card of alternatives shows in the screenshot
+            card = page.locator("#hfx-card")
+            card.wait_for(state="visible", timeout=10_000)
             page.screenshot(path=str(shot), full_page=True)
+            right = max(range(tokens.count()), key=lambda i: (b := tokens.nth(i).bounding_box())["x"] + b["width"])
+            tokens.nth(right).hover()
+            card.wait_for(state="visible", timeout=10_000)
+            box, right_text = card.bounding_box(), card.inner_text()
+
+            page.locator("#prompt textarea").fill("")
+            page.locator("#run").click()
+            page.get_by_text("Type a prompt first.").first.wait_for(timeout=30_000)
+            left = page.locator(".hfx-tok").count()
         finally:
             browser.close()
     assert "Δlog p" in tooltip and "π_X" in tooltip
     assert shot.stat().st_size > 10_000
+    assert box["x"] >= 0 and box["y"] >= 0, box  # the right-most token's card lies inside the window
+    assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, box
+    assert "π_X (γ=0.5)" in right_text
+    assert left == 0  # the refused request cleared the outputs
+    assert "refused: Type a prompt first." in log_path.read_text() and "Traceback" not in log_path.read_text()
 
 
 def test_command_line_takes_the_pair_options(app, pair, pair_dir, capsys):
