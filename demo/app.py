@@ -192,21 +192,21 @@ def render(column: Column, tokenizer: Any, gamma: float) -> str:
     """One output as HTML: plain text while streaming; once scored, coloured token spans whose card (shown on
     hover or click) lists the top alternatives under each model."""
     if column.tokens is None:
-        return _box(html.escape(tokenizer.decode(column.ids)), "" if column.done else "generating…")
+        return _box(html.escape(tokenizer.decode(column.ids)), "scoring…" if column.done else "generating…")
     spans = []
     for tok in column.tokens:
         text = "↵\n" if tok["token"] == "\n" else tok["token"]
-        changed = tok["resampled"] is not None and tok["resampled"] >= 0.5
+        resampled = tok["resampled"] is not None and tok["resampled"] >= 0.5
         spans.append(
-            f'<span class="hfx-tok{" hfx-changed" if changed else ""}" tabindex="0" '
+            f'<span class="hfx-tok{" hfx-resampled" if resampled else ""}" tabindex="0" '
             f'style="background:{_colour(tok["delta_logp"])}" data-tip="{html.escape(_tooltip(tok, gamma))}">'
             f"{html.escape(text)}</span>"
         )
     note = f"{len(column.tokens)} tokens"
     if column.resample_rate is not None:
-        changed = sum(t["resampled"] >= 0.5 for t in column.tokens)
-        note += (f" · {changed} marked as resampled · expected shares: resampled {column.resample_rate:.1%}, "
-                 f"changed {column.changed_rate:.1%}")  # fmt: skip
+        marked = sum(t["resampled"] >= 0.5 for t in column.tokens)
+        note += (f" · {marked} marked as resampled · expected: {column.resample_rate:.1%} of tokens resampled from "
+                 f"π_X, {column.changed_rate:.1%} changed from the base model's proposal")  # fmt: skip
     return _box("".join(spans), note)
 
 
@@ -217,7 +217,7 @@ OUTPUT_CSS = """
 .hfx-note { opacity: .7; font-size: .85em; margin-top: .4em; }
 .hfx-tok { border-radius: 3px; cursor: help; }
 .hfx-tok:hover, .hfx-tok:focus { outline: 1px solid #000a; }
-.hfx-changed { outline: 2px solid currentColor; font-weight: 700; }
+.hfx-resampled { outline: 2px solid currentColor; font-weight: 700; }
 """
 
 # a token's card (its data-tip), shown on hover or focus: one fixed element, placed inside the window
