@@ -261,18 +261,23 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
+def _is_number(value: Any) -> bool:
+    """An int or a finite float, not a bool (JSON's true/false) and not text."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
 def _real(name: str, value: Any, low: float, high: float) -> float:
     """``value`` as a float in ``[low, high]``; anything else (text, a bool, NaN, a list) is refused."""
-    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not (number and low <= value <= high):
+    if not (_is_number(value) and low <= value <= high):  # compared before float(): a huge int would overflow
         raise refuse(f"{name} must be a number within [{low:g}, {high:g}], got {_brief(value)}.")
     return float(value)
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int in ``[low, high]`` (integral floats, as number boxes send, are accepted)."""
-    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not (number and float(value).is_integer() and low <= value <= high):
+    if not (_is_number(value) and low <= value <= high and float(value).is_integer()):
         raise refuse(f"{name} must be a whole number between {low} and {high}, got {_brief(value)}.")
     return int(value)
 
@@ -506,11 +511,11 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="temperature", interactive=False)
             top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="top-p", interactive=False)
             max_new = gr.Slider(1, limits.max_new_tokens, value=min(128, limits.max_new_tokens), step=1,
-                                label="max new tokens")  # fmt: skip
+                                label="max new tokens", elem_id="max-new")  # fmt: skip
             seed = gr.Number(0, precision=0, minimum=0, label="seed")
         with gr.Row():
             run = gr.Button("Generate", variant="primary", elem_id="run")
-            stop = gr.Button("Stop")
+            stop = gr.Button("Stop", elem_id="stop")
         gr.HTML(f'<div style="font-size:.9em">{LEGEND}</div>')
         outputs = []
         with gr.Row(equal_height=False):
@@ -601,6 +606,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens)
     p.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
     args = p.parse_args(argv)
+    for option in ("concurrency", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_prompt_chars"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')} must be at least 1")
     if (args.rl is None) != (args.base is None):
         p.error("give both --rl and --base, or neither for the toy pair")
     return args

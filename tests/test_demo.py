@@ -239,8 +239,10 @@ def test_request_limits(app, pair, tokenizer):
         "at most 40": lambda: first(models.stream("x" * 90, config, 8, 0)),
         "context of 512 tokens": lambda: first(models.stream(PROMPT, config, 500, 0)),
         "seed must be a whole number": lambda: first(models.stream(PROMPT, config, 8, 1.5)),
+        "seed must be a whole number between 0": lambda: first(models.stream(PROMPT, config, 8, 2**64)),
         "max new tokens must be a whole number": lambda: first(models.stream(PROMPT, config, float("nan"), 0)),
         "γ must be a number within": lambda: models.config(9.0, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0),
+        "γ must be a number within .* got 1000000": lambda: models.config(10**400, "full", "kl", 0.1, "greedy", 1, 1),
         "criterion must be one of": lambda: models.config(0.5, "selective", "random", 0.1, "greedy", 1.0, 1.0),
         "top-p must be a number within": lambda: models.config(0.5, "full", "delta_logp", -0.3, "sample", 1.0, 0.0),
         "τ must be a number within": lambda: models.config(0.5, "selective", "kl", "0.1", "greedy", 1.0, 1.0),
@@ -348,3 +350,6 @@ def test_command_line_takes_the_pair_options(app, pair, pair_dir, capsys):
     with pytest.raises(SystemExit) as refused:
         app.main(["--rl", str(pair_dir / "rl")])
     assert refused.value.code == 2 and "give both --rl and --base" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        app.main(["--concurrency", "0"])
+    assert refused.value.code == 2 and "--concurrency must be at least 1" in capsys.readouterr().err
