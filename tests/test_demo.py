@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -196,19 +197,24 @@ def first(stream: AsyncIterator) -> Any:
 
 
 @pytest.fixture(scope="module")
-def app():
-    """demo/app.py as a module."""
-    spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def demo():
+    """demo/app.py and its `demo_models` module, imported as `python demo/app.py` imports them: from their folder."""
+    folder = str(ROOT / "demo")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        return SimpleNamespace(app=app, models=sys.modules["demo_models"])
+    finally:
+        sys.path.remove(folder)
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
-def test_greedy_outputs_are_those_of_generate(app, pair, tokenizer, mode):
+def test_greedy_outputs_are_those_of_generate(demo, pair, tokenizer, mode):
     """The three columns are what plain `generate` gives: base, RL, and RL with `DeltaLogpExtrapolation`."""
     rl, base = pair
-    models = app.DemoModels(rl, base, tokenizer, app.Limits())
+    models = demo.models.DemoModels(rl, base, tokenizer, demo.models.Limits())
     config = models.config(0.5, mode, "delta_logp", -0.3, "greedy", 1.0, 1.0)
     columns = last(models.stream(PROMPT, config, 12, 0))
     ids = models.encode(PROMPT)
@@ -224,13 +230,13 @@ def test_greedy_outputs_are_those_of_generate(app, pair, tokenizer, mode):
     assert columns["extrapolated"].resample_rate == proc.resample_rate
 
 
-def test_request_limits(app, pair, tokenizer):
+def test_request_limits(demo, pair, tokenizer):
     """Bad requests get one clear message each, before anything is generated."""
     import gradio as gr
 
     rl, base = pair
-    models = app.DemoModels(
-        rl, base, tokenizer, app.Limits(max_prompt_chars=100, max_prompt_tokens=40, max_new_tokens=500)
+    models = demo.models.DemoModels(
+        rl, base, tokenizer, demo.models.Limits(max_prompt_chars=100, max_prompt_tokens=40, max_new_tokens=500)
     )
     config = models.config(0.5, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0)
     cases = {
@@ -255,11 +261,11 @@ def test_request_limits(app, pair, tokenizer):
 
 
 @pytest.mark.parametrize("how", ["cancel", "close"])
-def test_a_cancelled_request_stops_its_generations(app, pair, tokenizer, how):
+def test_a_cancelled_request_stops_its_generations(demo, pair, tokenizer, how):
     """Cancelling the handler's task (what gradio's /cancel does) or closing its iteration stops the three
     generation threads within a second; the request's slot is held until they have ended."""
     rl, base = pair
-    models = app.DemoModels(rl, base, tokenizer, app.Limits(max_new_tokens=470))
+    models = demo.models.DemoModels(rl, base, tokenizer, demo.models.Limits(max_new_tokens=470))
     config = models.config(0.5, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0)
     idle = threading.active_count()
 
@@ -341,15 +347,17 @@ def test_page_in_chromium(served, tmp_path):
     assert "refused: Type a prompt first." in log_path.read_text() and "Traceback" not in log_path.read_text()
 
 
-def test_command_line_takes_the_pair_options(app, pair, pair_dir, capsys):
+def test_command_line_takes_the_pair_options(demo, pair, pair_dir, capsys):
     """`--dry-run` prints the memory estimate and loads nothing; one model without the other is refused."""
     with pytest.raises(SystemExit) as done:
-        app.main(["--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"), "--dry-run", "--dtype", "float32"])
+        demo.app.main(
+            ["--rl", str(pair_dir / "rl"), "--base", str(pair_dir / "base"), "--dry-run", "--dtype", "float32"]
+        )
     assert done.value.code == 0
     assert json.loads(capsys.readouterr().out)["rl"]["parameters"] == sum(p.numel() for p in pair[0].parameters())
     with pytest.raises(SystemExit) as refused:
-        app.main(["--rl", str(pair_dir / "rl")])
+        demo.app.main(["--rl", str(pair_dir / "rl")])
     assert refused.value.code == 2 and "give both --rl and --base" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
-        app.main(["--concurrency", "0"])
+        demo.app.main(["--concurrency", "0"])
     assert refused.value.code == 2 and "--concurrency must be at least 1" in capsys.readouterr().err
