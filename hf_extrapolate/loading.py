@@ -66,7 +66,8 @@ def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load the {role} model {name_or_path!r}: {first}") from err
     revision, subfolder = kwargs.get("revision"), kwargs.get("subfolder")
-    setattr(model, SOURCE_ATTR, (str(name_or_path), str(revision) if revision else None, subfolder or None))
+    name = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else str(name_or_path)  # cwd may change
+    setattr(model, SOURCE_ATTR, (name, str(revision) if revision else None, subfolder or None))
     return model
 
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from torch import Tensor
 from transformers import (
     AutoConfig,
@@ -524,7 +525,6 @@ def write_pair_folder(
 
 def model_card(rl: Member, base: Member, extrapolation: ExtrapolationConfig, name: str) -> str:
     """README.md of a pair folder: what it is (both models, the settings) and how to load it."""
-    from huggingface_hub import ModelCardData
 
     def where(member: Member) -> str:
         extra = [f"{k} `{v}`" for k, v in (("revision", member.revision), ("subfolder", member.subfolder)) if v]

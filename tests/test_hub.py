@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturbed
+from conftest import folder_digest, perturbed
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM
 
@@ -232,3 +232,47 @@ def test_push_uploads_a_folder_that_names_hub_ids(hub, pair_dir, monkeypatch):
     local.push_to_hub("me/local", embed_models=True)
     assert {"rl/model.safetensors", "base/model.safetensors", "rl/tokenizer.json"} <= set(seen["files"])
     assert json.loads(seen["files"]["config.json"])["rl_model_name_or_path"] == "./rl"
+
+
+def test_trust_remote_code_reaches_the_models(pair_dir, tmp_path):
+    """A base model with its own code (``auto_map``) loads inside a pair only with ``trust_remote_code=True``."""
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    for file in (pair_dir / "base").iterdir():
+        (custom / file.name).write_bytes(file.read_bytes())
+    (custom / "configuration_hfxcustom.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'hfx_custom'\n"
+    )
+    (custom / "modeling_hfxcustom.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_hfxcustom import CustomConfig\n\n\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n"
+    )
+    config = json.loads((custom / "config.json").read_text())
+    config["model_type"] = "hfx_custom"
+    config["auto_map"] = {"AutoConfig": "configuration_hfxcustom.CustomConfig",
+                          "AutoModelForCausalLM": "modeling_hfxcustom.CustomForCausalLM"}  # fmt: skip
+    (custom / "config.json").write_text(json.dumps(config))
+    write_pair_folder(tmp_path / "x", str(pair_dir / "rl"), str(custom), ExtrapolationConfig(gamma=0.5))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        ExtrapolatedForCausalLM.from_pretrained(tmp_path / "x")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "x", trust_remote_code=True)
+    assert type(loaded.base).__name__ == "CustomForCausalLM" and type(loaded.rl).__name__ == "LlamaForCausalLM"
+
+
+def test_local_rules_in_place_resave_refusal_and_other_processes(pair, tokenizer, tmp_path):
+    """A pair saved again into its own folder keeps its embedded models (named ``./rl``, untouched); saving into a
+    model's folder is refused with that folder unchanged; a process other than the main one writes nothing."""
+    ExtrapolatedForCausalLM(*pair, gamma=0.5, tokenizer=tokenizer).save_pretrained(tmp_path / "p")
+    weights = folder_digest(tmp_path / "p" / "rl")
+    loaded = ExtrapolatedForCausalLM.from_pretrained(tmp_path / "p", gamma=2.0)
+    loaded.save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["rl_model_name_or_path"] == "./rl"
+    assert folder_digest(tmp_path / "p" / "rl") == weights
+    again = ExtrapolatedForCausalLM.from_pretrained(tmp_path / "p")
+    assert again.extrapolation.gamma == 2.0 and torch.equal(logprobs(again), reference(*pair, gamma=2.0))
+    for out, relation in ((tmp_path / "p" / "rl", "is"), (tmp_path / "p" / "base" / "x", "lies inside")):
+        with pytest.raises(ValueError, match=f"{relation} the (rl|base) model's folder"):
+            loaded.save_pretrained(out)
+    assert folder_digest(tmp_path / "p" / "rl") == weights and not (tmp_path / "p" / "base" / "x").exists()
+    loaded.save_pretrained(tmp_path / "other", is_main_process=False)
+    assert not (tmp_path / "other").exists()
