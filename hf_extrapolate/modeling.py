@@ -233,9 +233,10 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         - any other local folder: its absolute path, so the pair loads on this machine only; ``push_to_hub``
           refuses it (pass ``embed_models=True``, or load that model by its hub id).
 
-        ``embed_models=True`` embeds both models, ``False`` neither. ``save_directory`` may not be a model's folder
-        or lie inside one (that model's files would be overwritten). Embedded models need the wrapper's tokenizer
-        (saved beside each, as `from_pretrained` loads it from there): without one, saving refuses.
+        ``embed_models=True`` embeds both models (one already inside the folder stays where it is), ``False``
+        neither. ``save_directory`` may not be a model's folder or lie inside one (that model's files would be
+        overwritten). Embedded models need the wrapper's tokenizer (saved beside each, as `from_pretrained` loads
+        it from there): without one, saving refuses.
 
         ``push_to_hub=True`` uploads the folder with huggingface_hub's `HfApi.upload_folder`, with transformers'
         options ``repo_id`` (default: the folder's name), ``token``, ``private``, ``commit_message``, ``create_pr``
@@ -534,21 +535,17 @@ def model_card(rl: Member, base: Member, extrapolation: ExtrapolationConfig, nam
     meta = ModelCardData(library_name="transformers", tags=["hf-extrapolate"], base_model=hub_ids or None)
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in extrapolation.to_dict().items())
     local = [m.name_or_path for m in (rl, base) if m.name_or_path.startswith("/")]
-    note = (
-        f"\nThe models at {', '.join(local)} are local folders: this pair loads only where they exist.\n"
-        if local
-        else ""
-    )
+    note = f"\nLocal folders ({', '.join(local)}): this pair loads only on a machine that has them.\n" if local else ""
     return f"""---
 {meta.to_yaml()}
 ---
 
 # {name}: Δlog p extrapolation
 
-An [hf-extrapolate](https://pypi.org/project/hf-extrapolate/) pair: one causal LM whose next-token distribution is
+An hf-extrapolate pair: one causal LM whose next-token distribution is
 the RL model's extrapolated along Δlog p = log π_RL − log π_base (full mode:
 log π_X = (1 + γ) · log π_RL − γ · log π_base − log Z; selective mode resamples only the proposals that `select` flags).
-It holds settings only; the models are loaded from where it names them (`./…` is inside this folder).
+This folder stores the settings; the weights are those of the two models below (a `./…` path is inside this folder).
 
 | model | loaded from |
 |---|---|
