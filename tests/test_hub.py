@@ -213,6 +213,7 @@ def test_push_uploads_a_folder_that_names_hub_ids(hub, pair_dir, monkeypatch):
 
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": repo_id}))
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, *, branch, **kw: seen.update(branch=branch))
     rl, base, tok = load_pair("hfx/rl", "hfx/base", **offline(hub))
     wrapper = ExtrapolatedForCausalLM(rl, base, gamma=0.5, tokenizer=tok)
     assert wrapper.push_to_hub("me/x05", commit_message="hi") == "commit-info"
@@ -222,6 +223,8 @@ def test_push_uploads_a_folder_that_names_hub_ids(hub, pair_dir, monkeypatch):
     card = seen["files"]["README.md"].decode()
     assert "hfx/rl" in card and 'from_pretrained("me/x05", trust_remote_code=True' in card
     assert not any(name.endswith(".safetensors") for name in seen["files"])
+    wrapper.push_to_hub("me/x05", revision="dev")
+    assert seen["branch"] == "dev" and seen["kwargs"]["revision"] == "dev"
 
     local_rl, local_base, _ = load_pair(str(pair_dir / "rl"), str(pair_dir / "base"))
     local = ExtrapolatedForCausalLM(local_rl, local_base, gamma=0.5, tokenizer=tok)
@@ -276,3 +279,24 @@ def test_local_rules_in_place_resave_refusal_and_other_processes(pair, tokenizer
     assert folder_digest(tmp_path / "p" / "rl") == weights and not (tmp_path / "p" / "base" / "x").exists()
     loaded.save_pretrained(tmp_path / "other", is_main_process=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_export_of_cache_snapshots_names_hub_ids(hub, tmp_path):
+    from hf_extrapolate.cli import main
+
+    snapshot = {repo: hub["cache"] / f"models--hfx--{repo}" / "snapshots" / hub["commits"][repo, ref]
+                for repo, ref in (("rl", "other"), ("base", "main"))}  # fmt: skip
+    args = ["export", "--rl", str(snapshot["rl"]), "--base", str(snapshot["base"]), "--gamma", "0.5"]
+    assert main([*args, "--out", str(tmp_path / "x")]) == 0
+    config = json.loads((tmp_path / "x" / "config.json").read_text())
+    assert (config["rl_model_name_or_path"], config["rl_model_revision"]) == ("hfx/rl", hub["commits"]["rl", "other"])
+    assert config["base_model_name_or_path"] == "hfx/base" and str(hub["home"]) not in json.dumps(config)
+    loaded = ExtrapolatedForCausalLM.from_pretrained(tmp_path / "x", **offline(hub))
+    assert torch.equal(logprobs(loaded), reference(hub["other"], hub["base"]))
+
+
+def test_a_hub_pair_naming_itself_is_refused(hub, tmp_path):
+    write_pair_folder(tmp_path / "self", ".", "hfx/base", ExtrapolationConfig(gamma=0.5))
+    add_to_cache(hub["cache"], "hfx/self", tmp_path / "self")
+    with pytest.raises(ValueError, match=r"hfx/self: the RL model '\.' is this pair folder itself"):
+        AutoModelForCausalLM.from_pretrained("hfx/self", trust_remote_code=True, **offline(hub))
