@@ -135,41 +135,63 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     add_pair_arguments(p)
     p.add_argument("--temperature", type=float, default=1.0, help="selective mode's sampling temperature (0 = greedy)")
     p.add_argument("--top-p", type=float, default=1.0, help="selective mode's top-p")
-    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--out", required=True, help="folder to write (a new one, or pass --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.add_argument("--embed-models", action="store_true", help="copy both models' weights into the folder")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Write the pair folder into a temporary sibling of ``--out`` and rename it into place when complete.
+
+    Without ``--embed-models`` only configs and tokenizers are read (a pair of 32B models exports in a second) and
+    each model is recorded as `ExtrapolatedForCausalLM.save_pretrained` does: a hub id as is (a folder of the
+    Hugging Face cache as its hub id and commit), any other local folder as its absolute path, so the folder loads
+    on this machine; embed the models to move it elsewhere. ``--out`` may not be, contain or lie inside a model's
+    folder (its files would be replaced), even with ``--overwrite``.
+    """
     from pathlib import Path
 
     from .loading import check_tokenizers, load_tokenizer
-    from .modeling import ExtrapolatedForCausalLM, write_pair_folder
+    from .modeling import ExtrapolatedForCausalLM, Member, locate, model_card, overlap, write_pair_folder
+    from .outputs import check_output_folder, output_folder
 
     settings = settings_from_args(args, args.temperature, args.top_p)
     if args.dry_run:
         return dry_run(args, tokens=4096)
     rl, base = resolve_pair(args)
+    for role, name in (("RL", rl), ("base", base)):
+        relation = overlap(Path(args.out), Path(name)) if Path(name).expanduser().is_dir() else None
+        if relation:
+            raise ValueError(
+                f"--out {args.out} {relation} the {role} model's folder {name}: exporting there would replace that "
+                "model's files; choose another folder"
+            )
+    check_output_folder(args.out, overwrite=args.overwrite)  # before reading any model
     if args.embed_models:
         rl_model, base_model, tokenizer = load_from_args(args)
-        ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict()).save_pretrained(
-            args.out, embed_models=True
-        )
-    else:  # only configs and tokenizers are read: exporting a pair of 32B models takes a second
-        tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
-        check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=args.trust_remote_code), rl, base)
+        with output_folder(args.out, overwrite=args.overwrite) as tmp:
+            ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict()).save_pretrained(
+                tmp, embed_models=True
+            )
+            card = model_card(Member("./rl"), Member("./base"), settings, Path(args.out).name)  # not the temporary's
+            (tmp / "README.md").write_text(card)
+    else:
         from transformers import AutoConfig, GenerationConfig
 
         from .modeling import context_length
 
+        tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
+        check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=args.trust_remote_code), rl, base)
         configs = [AutoConfig.from_pretrained(n, trust_remote_code=args.trust_remote_code) for n in (rl, base)]
         try:
             generation_config = GenerationConfig.from_pretrained(rl)
         except OSError:
             generation_config = None
-        names = [str(Path(n).resolve()) if Path(n).is_dir() else n for n in (rl, base)]
-        write_pair_folder(
-            args.out, names[0], names[1], settings, tokenizer, generation_config, context_length(*configs)
-        )
+        with output_folder(args.out, overwrite=args.overwrite) as tmp:
+            write_pair_folder(
+                tmp, locate(rl), locate(base), settings, tokenizer, generation_config, context_length(*configs),
+                name=Path(args.out).name,
+            )  # fmt: skip
     print(f"wrote {args.out}: load it with AutoModelForCausalLM.from_pretrained({args.out!r}, trust_remote_code=True)")
     return 0

@@ -110,13 +110,26 @@ class ExtrapolationConfig:
 class ExtrapolatedConfig(PretrainedConfig):
     """Config of a saved `ExtrapolatedForCausalLM`: where both models live, and the extrapolation settings.
 
-    Model locations are hub ids, absolute paths, or paths relative to the saved folder.
+    Each model is named by ``{role}_model_name_or_path`` (a hub id, an absolute local path, or a path relative to
+    the saved folder written ``./rl`` or ``../x``), ``{role}_model_revision`` (the hub revision, for hub ids) and
+    ``{role}_model_subfolder`` (its folder inside that repository).
     """
 
     model_type = "hf_extrapolate"
 
     rl_model_name_or_path: str | None = None
+    rl_model_revision: str | None = None
+    rl_model_subfolder: str | None = None
     base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    base_model_subfolder: str | None = None
     extrapolation: dict | None = None
     vocab_size: int | None = None
     max_position_embeddings: int | None = None
+
+    def settings(self, **overrides: Any) -> ExtrapolationConfig:
+        """The saved settings with ``overrides`` applied, validated: unknown keys or bad values raise one line."""
+        try:
+            return ExtrapolationConfig.from_dict({**(self.extrapolation or {}), **overrides})
+        except ValueError as err:
+            raise ValueError(f"{self.name_or_path or 'config.json'}: {err}") from err

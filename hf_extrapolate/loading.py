@@ -47,14 +47,28 @@ def check_location(name_or_path: str, role: str) -> None:
         raise ValueError(f"the {role} model folder {name_or_path!r} does not exist")
 
 
+# options that say where files come from, for the models and their tokenizers alike (transformers' names)
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "token")
+# where a model loaded by `load_model` came from, ``(name_or_path, revision, subfolder)``: `save_pretrained` records it
+SOURCE_ATTR = "_hfx_source"
+
+
 def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained` with one clear error line when the model cannot be found."""
+    """`AutoModelForCausalLM.from_pretrained` with one clear error line when the model cannot be found.
+
+    The ``revision`` and ``subfolder`` it was loaded with are kept on the model (``SOURCE_ATTR``), since transformers
+    keeps only ``name_or_path``: a pair saved later names the same weights.
+    """
     check_location(name_or_path, role)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load the {role} model {name_or_path!r}: {first}") from err
+    revision, subfolder = kwargs.get("revision"), kwargs.get("subfolder")
+    name = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else str(name_or_path)  # cwd may change
+    setattr(model, SOURCE_ATTR, (name, str(revision) if revision else None, subfolder or None))
+    return model
 
 
 def load_tokenizer(name_or_path: str, role: str, **kwargs: Any) -> Any:
@@ -79,6 +93,10 @@ def load_pair(
     load_in_8bit: bool = False,
     quantization_config: Any = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
+    subfolder: str = "",
+    base_revision: str | None = None,
+    base_subfolder: str = "",
     **kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedModel, Any]:
     """Load ``(rl_model, base_model, tokenizer)`` with the same options for both models.
@@ -86,15 +104,24 @@ def load_pair(
     ``base_device_map`` places the base model apart from the RL model (another GPU, say); it defaults to
     ``device_map``. ``load_in_4bit`` / ``load_in_8bit`` go through bitsandbytes' `BitsAndBytesConfig`. The
     two tokenizers must agree (`check_tokenizers`); the RL model's tokenizer is returned.
+
+    ``revision`` / ``subfolder`` locate the RL model in its repository, ``base_revision`` / ``base_subfolder`` the
+    base model in its own (no default from the other: they are different repositories). ``cache_dir``, ``token``,
+    ``local_files_only``, ``force_download`` and ``proxies`` apply to both models and both tokenizers.
     """
     quant = quantization(load_in_4bit, load_in_8bit, quantization_config)
     if quant is not None and device_map is None:
         device_map = "auto"
-    tokenizer = load_tokenizer(rl, "RL", trust_remote_code=trust_remote_code)
-    check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=trust_remote_code), rl, base)
-    common = dict(dtype=dtype, quantization_config=quant, trust_remote_code=trust_remote_code, **kwargs)
-    rl_model = load_model(rl, "RL", device_map=device_map, **common)
-    base_model = load_model(base, "base", device_map=base_device_map or device_map, **common)
+    hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+    where = {
+        role: dict(revision=rev, subfolder=sub or "", trust_remote_code=trust_remote_code, **hub)
+        for role, rev, sub in (("RL", revision, subfolder), ("base", base_revision, base_subfolder))
+    }
+    tokenizer = load_tokenizer(rl, "RL", **where["RL"])
+    check_tokenizers(tokenizer, load_tokenizer(base, "base", **where["base"]), rl, base)
+    common = dict(dtype=dtype, quantization_config=quant, **kwargs)
+    rl_model = load_model(rl, "RL", device_map=device_map, **where["RL"], **common)
+    base_model = load_model(base, "base", device_map=base_device_map or device_map, **where["base"], **common)
     return rl_model, base_model, tokenizer
 
 

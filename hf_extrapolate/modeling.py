@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
+import tempfile
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from torch import Tensor
 from transformers import (
     AutoConfig,
@@ -20,10 +25,11 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import resolve_revision
 
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig
 from .extrapolation import NEG_INF, combine
-from .loading import check_tokenizers, load_pair
+from .loading import HUB_KWARGS, SOURCE_ATTR, check_tokenizers, load_pair
 from .processor import model_device, shared_vocab_size
 
 SHIM_FILE = "modeling_hf_extrapolate.py"
@@ -205,60 +211,259 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             model_kwargs["cache"] = self.new_cache()
 
     # -- saving and loading ----------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, embed_models: bool | None = None, **kwargs: Any):
-        """Write config (both model locations + settings), generation config, tokenizer and the loader shim.
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        embed_models: bool | None = None,
+        max_shard_size: int | str = "50GB",
+        **kwargs: Any,
+    ) -> Any:
+        """Write the pair folder: config naming both models and the settings, generation config, tokenizer,
+        loader shim and a model card (README.md); with ``embed_models``, both models' weights in ``rl/`` and ``base/``.
 
-        With ``embed_models`` (the default when a model has no hub id or local folder to point to) both
-        models are saved in ``rl/`` and ``base/`` subfolders, making the folder self-contained.
+        Each model is recorded where it can be loaded from again:
+
+        - built in memory (no ``name_or_path``): embedded (``embed_models=None``, the default);
+        - from the Hub, or from a folder of the Hugging Face cache (``…/models--ORG--NAME/snapshots/<commit>/``):
+          its hub id, with the revision and subfolder it was loaded with (`load_pair` and `from_pretrained` keep
+          them; a model loaded by plain `AutoModelForCausalLM.from_pretrained` records only its id);
+        - a local folder inside ``save_directory``: relative to it (``./rl``), so the folder can move;
+        - any other local folder: its absolute path, so the pair loads on this machine only; ``push_to_hub``
+          refuses it (pass ``embed_models=True``, or load that model by its hub id).
+
+        ``embed_models=True`` embeds both models (one already inside the folder stays where it is), ``False``
+        neither. ``save_directory`` may not be a model's folder or lie inside one (that model's files would be
+        overwritten). Embedded models need the wrapper's tokenizer (saved beside each, as `from_pretrained` loads
+        it from there): without one, saving refuses.
+
+        ``push_to_hub=True`` uploads the folder with huggingface_hub's `HfApi.upload_folder`, with transformers'
+        options ``repo_id`` (default: the folder's name), ``token``, ``private``, ``commit_message``, ``create_pr``
+        and ``revision`` (a branch), and returns the commit info. With ``is_main_process=False`` only the embedded
+        models' own ``save_pretrained`` run (as distributed saves need); nothing else is written or pushed.
         """
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        names = {"rl": self.rl.name_or_path, "base": self.base.name_or_path}
-        if embed_models is None:
-            embed_models = not all(names.values())
-        if embed_models:
-            for role, model in (("rl", self.rl), ("base", self.base)):
-                model.save_pretrained(out / role, **kwargs)
-                if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(out / role)
-            names = {"rl": "rl", "base": "base"}
-        else:
-            names = {k: str(Path(v).resolve()) if Path(v).is_dir() else v for k, v in names.items()}
+        hub = {key: kwargs.pop(key) for key in PUSH_KWARGS if key in kwargs}
+        if kwargs:
+            raise ValueError(f"save_pretrained got unknown option(s) {sorted(kwargs)}; known: {sorted(PUSH_KWARGS)}")
+        out = Path(save_directory).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} is a file; save_pretrained writes a folder")
+        members, embed = {}, []
+        for role, model in (("rl", self.rl), ("base", self.base)):
+            source = member_of(model)
+            if source is not None and Path(source.name_or_path).is_absolute():
+                relative = relative_member(Path(source.name_or_path), out, role)
+                if relative is not None:  # already inside the folder (an embedded model saved again, say)
+                    members[role] = relative
+                    continue
+            if embed_models or (embed_models is None and source is None):
+                embed.append(role)
+                members[role] = Member(f"./{role}")
+            elif source is None:
+                raise ValueError(
+                    f"the {role} model was built in memory, so there is no folder or hub id to record; "
+                    f"pass embed_models=True to save its weights in {out / role}"
+                )
+            elif push_to_hub and Path(source.name_or_path).is_absolute():
+                raise ValueError(
+                    f"the {role} model is the local folder {source.name_or_path}, which the Hub cannot reach; pass "
+                    "embed_models=True to upload its weights too, or load that model by its hub id"
+                )
+            else:
+                members[role] = source
+        if embed and self.tokenizer is None:
+            raise ValueError(
+                f"cannot embed the {' and '.join(embed)} model(s) without a tokenizer (from_pretrained loads it from "
+                "beside each model): build ExtrapolatedForCausalLM(..., tokenizer=tok), or save models that live "
+                "in a folder or on the Hub"
+            )
+        api = repo_id = None
+        if push_to_hub and is_main_process:  # create the repository first: a bad token fails before any writing
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=hub.get("token"))
+            repo_id = api.create_repo(hub.get("repo_id") or out.absolute().name, private=hub.get("private"),
+                                      exist_ok=True).repo_id  # fmt: skip
+        for role in embed:
+            getattr(self, role).save_pretrained(
+                out / role, is_main_process=is_main_process, max_shard_size=max_shard_size
+            )
+            if is_main_process:
+                self.tokenizer.save_pretrained(out / role)
+        if not is_main_process:
+            return None
         write_pair_folder(
-            out, names["rl"], names["base"], self.extrapolation, self.tokenizer, self.generation_config,
-            context_length(self.rl.config, self.base.config),
+            out, members["rl"], members["base"], self.extrapolation, self.tokenizer, self.generation_config,
+            context_length(self.rl.config, self.base.config), name=repo_id,
         )  # fmt: skip
+        if api is None:
+            return None
+        branch = hub.get("revision")
+        if branch and not branch.startswith("refs/pr"):
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=out, revision=branch, create_pr=hub.get("create_pr"),
+            commit_message=hub.get("commit_message") or "Upload hf-extrapolate pair",
+        )  # fmt: skip
+
+    def push_to_hub(self, repo_id: str, *, embed_models: bool | None = None, **kwargs: Any) -> Any:
+        """`save_pretrained` into a temporary folder with ``push_to_hub=True``: the same rules for where each model
+        is recorded, and the same options (``token``, ``private``, ``commit_message``, ``create_pr``, ``revision``)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.save_pretrained(tmp, push_to_hub=True, repo_id=repo_id, embed_models=embed_models, **kwargs)
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, config: Any = None, **kwargs: Any
     ) -> ExtrapolatedForCausalLM:
-        """Load both models named by a saved folder's config; loading options apply to both.
+        """Load a saved pair folder (local, or a Hub repository): both models it names, with its settings and
+        generation config.
 
-        Accepts `load_pair`'s options (``dtype``, ``device_map``, ``base_device_map``, ``quantization_config``,
-        ``load_in_4bit``, ``load_in_8bit``) and extrapolation settings (``gamma=``, ``select=``, ...) that
-        override the saved ones.
+        The Hub options (``revision``, ``subfolder``, ``cache_dir``, ``token``, ``local_files_only``,
+        ``force_download``, ``proxies``) locate the folder itself. Models embedded in it are read from the same
+        repository at the same commit; a model it names by hub id is read at the revision recorded for it (else
+        its main branch), with the same ``cache_dir``, ``token`` and ``local_files_only``. ``trust_remote_code``
+        reaches both models. The settings are checked, and a model naming the folder itself refused, before any
+        weights load. Also accepts `load_pair`'s options (``dtype``, ``device_map``, ``base_device_map``,
+        ``quantization_config``, ``load_in_4bit``, ``load_in_8bit``) and extrapolation settings (``gamma=``,
+        ``select=``, ...) that override the saved ones.
         """
+        if args:
+            raise ValueError(f"ExtrapolatedForCausalLM.from_pretrained takes no positional model arguments, got {args}")
         path = str(pretrained_model_name_or_path)
-        if not isinstance(config, ExtrapolatedConfig):
-            config = ExtrapolatedConfig.from_pretrained(path)
-        settings = dict(config.extrapolation or {})
-        for key in list(kwargs):
-            if key in settings:
-                settings[key] = kwargs.pop(key)
-        for key in ("trust_remote_code", "code_revision", "_from_auto", "_commit_hash", "adapter_kwargs"):
+        hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        subfolder = kwargs.pop("subfolder", None) or ""
+        revision = resolve_revision(  # one commit for the config, the generation config and embedded models
+            path, kwargs.pop("revision", None), token=hub.get("token"), cache_dir=hub.get("cache_dir"),
+            local_files_only=bool(hub.get("local_files_only")),
+        )  # fmt: skip
+        trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
+        for key in ("code_revision", "_from_auto", "_commit_hash", "adapter_kwargs"):
             kwargs.pop(key, None)
+        if not isinstance(config, ExtrapolatedConfig):
+            config = ExtrapolatedConfig.from_pretrained(path, revision=revision, subfolder=subfolder, **hub)
+        settings = config.settings(**{key: kwargs.pop(key) for key in SETTING_NAMES if key in kwargs})
+        rl, base = (
+            resolve_member(path, subfolder, revision, getattr(config, f"{role}_model_name_or_path"),
+                           getattr(config, f"{role}_model_revision"), getattr(config, f"{role}_model_subfolder"), name)
+            for role, name in (("rl", "RL"), ("base", "base"))
+        )  # fmt: skip
+        rl_model, base_model, tokenizer = load_pair(
+            rl.name_or_path, base.name_or_path, revision=rl.revision, subfolder=rl.subfolder or "",
+            base_revision=base.revision, base_subfolder=base.subfolder or "", trust_remote_code=trust_remote_code,
+            **hub, **kwargs,
+        )  # fmt: skip
+        model = cls(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict())
+        with contextlib.suppress(OSError):  # a folder written without one keeps the constructor's
+            model.generation_config = GenerationConfig.from_pretrained(
+                path, revision=revision, subfolder=subfolder, **hub
+            )
+        return model
 
-        def locate(name: str | None, role: str) -> str:
-            if not name:
-                raise ValueError(f"{path}: config.json names no {role} model")
-            local = Path(path) / name
-            return str(local) if not Path(name).is_absolute() and local.is_dir() else name
 
-        rl, base, tokenizer = load_pair(
-            locate(config.rl_model_name_or_path, "RL"), locate(config.base_model_name_or_path, "base"), **kwargs
+# transformers' `save_pretrained` / `push_to_hub` options for the upload
+PUSH_KWARGS = ("repo_id", "token", "private", "commit_message", "create_pr", "revision")
+SETTING_NAMES = tuple(f.name for f in fields(ExtrapolationConfig))
+
+
+class Member(NamedTuple):
+    """Where a model of a pair is loaded from: a hub id (with revision and subfolder), or a local folder."""
+
+    name_or_path: str
+    revision: str | None = None
+    subfolder: str | None = None
+
+
+def locate(name_or_path: str, revision: str | None = None, subfolder: str | None = None) -> Member:
+    """A model location in its most portable form: a folder inside a Hugging Face cache snapshot
+    (``…/models--ORG--NAME/snapshots/<commit>/[sub]``) becomes ``(ORG/NAME, commit, sub)``, any other existing
+    local folder its absolute path; anything else is a hub id and stays as it is (local folders first, as in
+    transformers)."""
+    local = Path(name_or_path).expanduser() / (subfolder or "")
+    if not local.is_dir():
+        return Member(str(name_or_path), revision, subfolder or None)
+    local = local.resolve()
+    parts = local.parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith("models--"):  # repo ids cannot contain "--"
+            return Member(
+                parts[i - 1][len("models--") :].replace("--", "/"), parts[i + 1], "/".join(parts[i + 2 :]) or None
+            )
+    return Member(str(local))
+
+
+def member_of(model: PreTrainedModel) -> Member | None:
+    """`locate` of where ``model`` was loaded from (`load_model` keeps revision and subfolder), None if in memory."""
+    name, revision, subfolder = getattr(model, SOURCE_ATTR, None) or (model.name_or_path, None, None)
+    return locate(name, revision, subfolder) if name else None
+
+
+def overlap(folder: Path, model_folder: Path) -> str | None:
+    """How an output ``folder`` overlaps a model's folder ("is", "lies inside", "contains"), or None."""
+    folder, model_folder = folder.expanduser().resolve(), model_folder.expanduser().resolve()
+    if folder == model_folder:
+        return "is"
+    if folder.is_relative_to(model_folder):
+        return "lies inside"
+    return "contains" if model_folder.is_relative_to(folder) else None
+
+
+def relative_member(model_folder: Path, out: Path, role: str) -> Member | None:
+    """``./path`` of a model folder inside ``out``; None if outside; refused if ``out`` is it or lies inside it."""
+    relation = overlap(out, model_folder)
+    if relation in ("is", "lies inside"):
+        raise ValueError(
+            f"{out} {relation} the {role} model's folder {model_folder}: writing the pair there would overwrite that "
+            "model's files; choose another folder"
         )
-        return cls(rl, base, tokenizer=tokenizer, **settings)
+    if relation is None:
+        return None
+    return Member("./" + model_folder.resolve().relative_to(out.expanduser().resolve()).as_posix())
+
+
+def resolve_member(
+    pair: str, pair_subfolder: str, pair_revision: str | None, name: str | None, revision: str | None,
+    subfolder: str | None, role: str,
+) -> Member:  # fmt: skip
+    """Where to load a model named in a pair's config, without loading anything.
+
+    A relative path (``./rl``, ``../x``; or a bare ``rl`` that is a folder beside a local config) is inside the pair:
+    a local folder, or a subfolder of the pair's repository at the pair's own revision. Anything else is the model's
+    own location. A model naming the pair folder itself is refused (loading it would recurse).
+    """
+    if not name:
+        raise ValueError(f"{pair}: config.json names no {role} model")
+    local_pair = Path(pair, pair_subfolder) if os.path.isdir(pair) else None
+    inside = not os.path.isabs(name) and (
+        name in (".", "..")
+        or name.startswith(("./", "../"))
+        or (local_pair is not None and (local_pair / name).is_dir())
+    )
+    itself = ValueError(
+        f"{pair}: the {role} model {name!r} is this pair folder itself; name the {role} model's own folder or hub id"
+    )
+    if local_pair is not None:
+        member = (
+            Member(os.path.normpath(local_pair / name / (subfolder or "")))
+            if inside else Member(name, revision, subfolder)
+        )  # fmt: skip
+        if (
+            os.path.isdir(member.name_or_path)
+            and overlap(Path(member.name_or_path, member.subfolder or ""), local_pair) == "is"
+        ):
+            raise itself
+        return member
+    if inside:
+        inner = posixpath.normpath(posixpath.join(pair_subfolder, name, subfolder or ""))
+        if inner == ".." or inner.startswith("../"):
+            raise ValueError(f"{pair}: the {role} model {name!r} points outside the repository")
+        member = Member(pair, pair_revision, None if inner == "." else inner)
+    else:
+        member = Member(name, revision, subfolder)
+    if member.name_or_path == pair and (member.subfolder or "") == pair_subfolder.strip("/"):
+        raise itself
+    return member
 
 
 def register_auto_classes() -> None:
@@ -275,24 +480,32 @@ def context_length(*configs: PretrainedConfig) -> int | None:
 
 def write_pair_folder(
     out: str | os.PathLike,
-    rl: str,
-    base: str,
+    rl: str | Member,
+    base: str | Member,
     extrapolation: ExtrapolationConfig,
     tokenizer: Any = None,
     generation_config: GenerationConfig | None = None,
     max_position_embeddings: int | None = None,
+    *,
+    name: str | None = None,
 ) -> None:
-    """Write a loadable pair folder (config naming both models, settings, tokenizer, shim) without weights.
+    """Write a loadable pair folder (config naming both models, settings, tokenizer, shim, model card), no weights.
 
     `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` then loads both models from ``rl`` and
-    ``base`` (hub ids, absolute paths, or paths relative to ``out``). ``max_position_embeddings`` (the
-    shorter context of the two) is recorded so that tools such as lm-eval know the pair's context length.
+    ``base``: hub ids (a `Member` adds revision and subfolder), absolute paths, or paths relative to ``out`` written
+    ``./rl``. ``max_position_embeddings`` (the shorter context of the two) is recorded so that tools such as
+    lm-eval know the pair's context length. ``name`` (the hub repository, say) is what the model card tells to load.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rl, base = (Member(m) if isinstance(m, str) else m for m in (rl, base))
     config = ExtrapolatedConfig(
-        rl_model_name_or_path=rl,
-        base_model_name_or_path=base,
+        rl_model_name_or_path=rl.name_or_path,
+        rl_model_revision=rl.revision,
+        rl_model_subfolder=rl.subfolder,
+        base_model_name_or_path=base.name_or_path,
+        base_model_revision=base.revision,
+        base_model_subfolder=base.subfolder,
         extrapolation=extrapolation.to_dict(),
         architectures=[ExtrapolatedForCausalLM.__name__],
         auto_map={
@@ -308,3 +521,49 @@ def write_pair_folder(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     (out / SHIM_FILE).write_text(SHIM)
+    (out / "README.md").write_text(model_card(rl, base, extrapolation, name or out.absolute().name))
+
+
+def model_card(rl: Member, base: Member, extrapolation: ExtrapolationConfig, name: str) -> str:
+    """README.md of a pair folder: what it is (both models, the settings) and how to load it."""
+
+    def where(member: Member) -> str:
+        extra = [f"{k} `{v}`" for k, v in (("revision", member.revision), ("subfolder", member.subfolder)) if v]
+        return f"`{member.name_or_path}`" + (f" ({', '.join(extra)})" if extra else "")
+
+    hub_ids = [m.name_or_path for m in (rl, base) if not m.name_or_path.startswith(("/", "."))]
+    meta = ModelCardData(library_name="transformers", tags=["hf-extrapolate"], base_model=hub_ids or None)
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in extrapolation.to_dict().items())
+    local = [m.name_or_path for m in (rl, base) if m.name_or_path.startswith("/")]
+    note = f"\nLocal folders ({', '.join(local)}): this pair loads only on a machine that has them.\n" if local else ""
+    return f"""---
+{meta.to_yaml()}
+---
+
+# {name}: Δlog p extrapolation
+
+An hf-extrapolate pair: one causal LM whose next-token distribution is
+the RL model's extrapolated along Δlog p = log π_RL − log π_base (full mode:
+log π_X = (1 + γ) · log π_RL − γ · log π_base − log Z; selective mode resamples only the proposals that `select` flags).
+This folder stores the settings; the weights are those of the two models below (a `./…` path is inside this folder).
+
+| model | loaded from |
+|---|---|
+| RL | {where(rl)} |
+| base | {where(base)} |
+{note}
+| setting | value |
+|---|---|
+{settings}
+
+## Load
+
+```python
+# pip install hf-extrapolate
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True, device_map="auto")
+```
+
+Settings can be overridden at load time (`gamma=0.5`, `select="delta_logp"`, `threshold=-0.3`, ...).
+"""
