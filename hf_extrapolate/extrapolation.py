@@ -52,9 +52,10 @@ def check_finite_scores(scores: Tensor, who: str, step: int | None = None) -> No
 
     ``who`` names the source in the message (e.g. ``"the base model"``), ``step`` the decoding step.
     """
-    bad = scores.isnan() | scores.isposinf()
-    if not bad.any():
+    top = scores.amax(-1) if scores.numel() else scores.new_zeros(())  # NaN and +inf both reach the maximum
+    if not (top.isnan() | top.isposinf()).any():
         return
+    bad = scores.isnan() | scores.isposinf()
     first = tuple(bad.nonzero()[0].tolist())
     kind = " and ".join(name for name, hit in (("NaN", scores.isnan()), ("+inf", scores.isposinf())) if hit.any())
     where = f" at step {step}" if step is not None else ""
@@ -67,11 +68,8 @@ def check_finite_scores(scores: Tensor, who: str, step: int | None = None) -> No
 def log_probs(scores: Tensor) -> Tensor:
     """``log_softmax`` in float32, finite entries floored at ``LOGP_FLOOR``; −inf stays −inf, and a row that is
     entirely −inf stays −inf instead of becoming NaN."""
-    x = scores if scores.dtype == torch.float64 else scores.float()  # shift before any cast can overflow
-    masked = torch.isneginf(x)
-    top = x.amax(-1, keepdim=True).masked_fill(masked.all(-1, keepdim=True), 0.0)
-    shifted = (x - top).clamp(min=LOGP_FLOOR).float().masked_fill(masked, NEG_INF)
-    return torch.log_softmax(shifted, dim=-1).clamp(min=LOGP_FLOOR).masked_fill(masked, NEG_INF)
+    x = scores if scores.dtype == torch.float64 else scores.float()  # float64 is normalised before its cast
+    return torch.log_softmax(x, dim=-1).clamp(min=LOGP_FLOOR).float().masked_fill(torch.isneginf(scores), NEG_INF)
 
 
 def entropy(logp: Tensor) -> Tensor:
@@ -86,12 +84,10 @@ def kl_divergence(logp_p: Tensor, logp_q: Tensor) -> Tensor:
     return (p * diff).sum(-1)
 
 
-def _base_floor(logp_base: Tensor, logp_rl: Tensor) -> Tensor:
-    """The base log-probs with −inf, where the RL side allows the token, replaced by the smallest finite base
-    log-prob of the row (0 if there is none: a constant cancels in every use)."""
-    finite = torch.isfinite(logp_base)
-    floor = logp_base.masked_fill(~finite, 0.0).amin(-1, keepdim=True)
-    return torch.where(finite | torch.isneginf(logp_rl), logp_base, floor)
+def _base_floor(logp_base: Tensor) -> Tensor:
+    """The base log-probs with −inf replaced by the row's smallest finite one (0 if there is none: a constant
+    cancels in every use); used only where the RL side allows the token."""
+    return logp_base.clamp(min=logp_base.nan_to_num(neginf=0.0).amin(-1, keepdim=True))
 
 
 def extrapolated_log_probs(logp_rl: Tensor, logp_base: Tensor, weights: tuple[float, float]) -> Tensor:
@@ -102,10 +98,8 @@ def extrapolated_log_probs(logp_rl: Tensor, logp_base: Tensor, weights: tuple[fl
     base weight cannot produce +inf.
     """
     w_base, w_rl = weights
-    rl_masked = torch.isneginf(logp_rl)
-    base = _base_floor(logp_base, logp_rl).masked_fill(rl_masked, 0.0)
-    mixed = logp_rl.masked_fill(rl_masked, 0.0) * w_rl + base * w_base
-    return log_probs(mixed.masked_fill(rl_masked, NEG_INF))
+    mixed = logp_rl * w_rl + _base_floor(logp_base) * w_base  # NaN or ±inf only where the RL side masks
+    return log_probs(torch.where(torch.isneginf(logp_rl), NEG_INF, mixed))
 
 
 def sampling_log_probs(logp: Tensor, temperature: float, top_p: float) -> Tensor:
@@ -115,14 +109,13 @@ def sampling_log_probs(logp: Tensor, temperature: float, top_p: float) -> Tensor
     vLLM's), so the result is what `generate` would sample; temperature 0 gives the one-hot distribution of the
     argmax. A row with no finite entry stays all −inf.
     """
-    masked = torch.isneginf(logp)
-    empty = masked.all(-1, keepdim=True)
+    top = logp.amax(-1, keepdim=True)
     if temperature == 0:
         one_hot = torch.full_like(logp, NEG_INF).scatter_(-1, logp.argmax(-1, keepdim=True), 0.0)
-        return one_hot.masked_fill(empty, NEG_INF)
-    top = logp.amax(-1, keepdim=True).masked_fill(empty, 0.0)
-    scaled = (logp - top) / temperature  # the row maximum is exactly 0: smaller entries can only underflow
-    scaled = scaled.masked_fill(masked, NEG_INF)
+        return one_hot.masked_fill(torch.isneginf(top), NEG_INF)
+    scaled = logp - top.nan_to_num(neginf=0.0)  # the row maximum is exactly 0: dividing can only underflow
+    if temperature != 1:
+        scaled = scaled / temperature
     if top_p < 1.0:
         flat = scaled.reshape(-1, scaled.shape[-1])
         scaled = TopPLogitsWarper(top_p)(None, flat).reshape(scaled.shape)
@@ -173,8 +166,7 @@ def _full_vocabulary(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Selective mode over the whole vocabulary: ``(mixture, resampled, changed)`` as probabilities."""
     logp_prop = logp_base if config.proposer == "base" else logp_rl
-    base = _base_floor(logp_base, logp_rl)
-    delta = (logp_rl - base).masked_fill(torch.isneginf(logp_rl), 0.0)  # masked tokens are never proposed
+    delta = (logp_rl - _base_floor(logp_base)).masked_fill(torch.isneginf(logp_rl), 0.0)  # masked: never proposed
     flag = _greedy_random(_flags(logp_rl, logp_base, delta, config), config, generator)
     logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
     p_prop = sampling_log_probs(logp_prop, config.temperature, config.top_p).exp()
@@ -225,7 +217,8 @@ def _reference_lists(
     po = sampling_log_probs(lp_o, temperature, top_p).exp()
 
     def top_list(lp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        val, idx = lp.topk(k, dim=-1)
+        idx = lp.topk(k, dim=-1).indices.sort(-1).values  # in token order: greedy ties go to the smallest id
+        val = lp.gather(-1, idx)
         ok = torch.isfinite(val)  # a masked token is on no list
         inside = torch.zeros_like(lp, dtype=torch.bool).scatter_(-1, idx, ok)
         kth = val.masked_fill(~ok, torch.inf).amin(-1, keepdim=True)
