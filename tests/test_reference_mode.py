@@ -262,3 +262,19 @@ def test_greedy_reference_mode_takes_the_top_k_argmax():
         flagged = aligned[0] - lp_base[y] >= tau
         expected = top_b[np.argmax(weights[0] * lp_base[top_b] + weights[1] * aligned)] if flagged else y
         assert got[expected] == 1.0 and m == float(flagged)
+
+
+def test_batched_rows_equal_rows_alone():
+    """Rows with different numbers of outside proposals and pads are padded to the widest: each row is unchanged."""
+    pairs = [wide_pair(seed, 60, scale) for seed, scale in ((11, 3.0), (12, 8.0), (13, 1.0))]
+    base = torch.tensor(np.stack([b for b, _ in pairs])).float()
+    rl = torch.tensor(np.stack([r for _, r in pairs])).float()
+    cfg = ExtrapolationConfig(gamma=0.6, select="js", threshold=0.05, top_p=0.9, candidate_top_k=8)
+    logp, (m, changed) = combine(rl, base, cfg)
+    for i in range(3):
+        row, (m_row, changed_row) = combine(rl[i : i + 1], base[i : i + 1], cfg)
+        torch.testing.assert_close(logp[i : i + 1], row, rtol=0, atol=1e-6)
+        torch.testing.assert_close(m[i : i + 1], m_row)
+        torch.testing.assert_close(changed[i : i + 1], changed_row)
+    widths = [nucleus(b.numpy().astype(float), 1.0, 0.9) for b in base]
+    assert min(widths) <= 8 < max(widths)  # one row fits in the top-k, another does not
