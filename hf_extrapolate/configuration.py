@@ -21,15 +21,22 @@ CRITERIA: tuple[str, ...] = Criterion.__args__
 THRESHOLD_CRITERIA = ("delta_logp", "delta_logp_ge", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js", "random")
 
 
-def _number(name: str, value: Any, *, low: float = -math.inf, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
+# Bounds that keep the combination finite in float32 (FLT_MAX ≈ 2**128). The math module floors finite
+# log-probabilities at LOGP_FLOOR = −2**23 (below it float32 no longer resolves one nat), so each weighted term
+# |w · log p| ≤ 2**103 · 2**23 = 2**126 and w_rl · log π_RL + w_base · log π_base stays within 2**127 < FLT_MAX.
+LOGP_FLOOR = -(2.0**23)
+MAX_WEIGHT = 2.0**103
+MAX_GAMMA = MAX_WEIGHT / 2  # the weights (−γ, 1 + γ) then stay within MAX_WEIGHT
+
+
+def _number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, why: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    if not low <= value <= high:
+        bounds = f">= {low}" if high == math.inf else f"in [{low:.3g}, {high:.3g}]"
+        raise ValueError(f"{name} must be {bounds}{why}, got {value!r}")
     return float(value)
 
 
@@ -43,7 +50,19 @@ class ExtrapolationConfig:
     Selective mode (``select`` set): the proposer (``"base"`` in the paper) proposes a token after
     ``temperature`` and ``top_p``; where ``select`` flags it at ``threshold``, it is resampled from π_X with
     the same temperature and top-p. ``temperature=0`` is the greedy version of the same algorithm.
-    ``candidate_top_k`` restricts π_X to the proposer's top-k tokens as the reference code does.
+
+    Candidate lists, one sentence per mode:
+
+    - ``candidate_top_k=None`` (default): full-vocabulary exact — π_X, Δlog p and every criterion use both models'
+      whole distributions.
+    - ``candidate_top_k=k``: top-k reference-faithful — each model is seen, as the reference code's vLLM engines
+      return it, only through a list of its top-k log-probs plus the token that engine sampled itself, a model's
+      missing entries padded with the smallest log-prob in its list; π_X lives on the proposer's list (see
+      `hf_extrapolate.extrapolation.combine` for the exact distribution this gives).
+
+    Bounds (float32 stays finite; see ``LOGP_FLOOR``): ``|γ| ≤ 2**102``, each weight ``|w| ≤ 2**103``; any finite
+    ``threshold``; any finite ``temperature ≥ 0`` (tempering divides log-probs shifted to a row maximum of 0, so
+    it can only underflow to probability 0, never overflow); ``top_p`` in (0, 1].
     """
 
     gamma: float = 0.0
@@ -57,11 +76,15 @@ class ExtrapolationConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("gamma", _number("gamma", self.gamma))
+        finite = " (float32 must stay finite: |w · log p| <= 2**126 with log-probs floored at -2**23)"
+        set_("gamma", _number("gamma", self.gamma, low=-MAX_GAMMA, high=MAX_GAMMA, why=finite))
         if self.weights is not None:
             if not isinstance(self.weights, (tuple, list)) or len(self.weights) != 2:
                 raise ValueError(f"weights must be a pair (w_base, w_rl), got {self.weights!r}")
-            set_("weights", tuple(_number(f"weights[{i}]", w) for i, w in enumerate(self.weights)))
+            set_("weights", tuple(
+                _number(f"weights[{i}]", w, low=-MAX_WEIGHT, high=MAX_WEIGHT, why=finite)
+                for i, w in enumerate(self.weights)
+            ))  # fmt: skip
         if self.select is not None and self.select not in CRITERIA:
             raise ValueError(f"unknown select criterion {self.select!r}; choose one of {', '.join(CRITERIA)}")
         if self.select in THRESHOLD_CRITERIA:

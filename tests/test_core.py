@@ -256,19 +256,23 @@ def test_greedy_selective_rule():
 
 
 def test_candidate_top_k_matches_reference_code_formula():
-    """The reference code's π_X: the proposer's top-k, the other side padded with its smallest top-k log-prob."""
+    """Where both sampling nuclei fit in the top-k, the reference code's π_X is the proposer's top-k with the
+    other side padded with its smallest top-k log-prob (tests/test_reference_mode.py covers wider nuclei)."""
     torch.manual_seed(2)
-    rl_logits, base_logits = torch.randn(2, 30) * 2
-    k, w_base, w_rl = 5, -0.5, 1.5
-    cfg = ExtrapolationConfig(weights=(w_base, w_rl), select="all", candidate_top_k=k)
+    rl_logits, base_logits = torch.randn(2, 30) * 3
+    k, w_base, w_rl, top_p = 5, -0.5, 1.5, 0.5
+    cfg = ExtrapolationConfig(weights=(w_base, w_rl), select="all", candidate_top_k=k, top_p=top_p)
     logp, _ = combine(rl_logits[None], base_logits[None], cfg)
     lb, lr = base_logits.log_softmax(-1).tolist(), rl_logits.log_softmax(-1).tolist()
+    assert max(len([p for p in reference_top_p(F.softmax(t, -1).tolist(), top_p) if p > 0])
+               for t in (rl_logits, base_logits)) <= k  # fmt: skip
     top_b = sorted(range(30), key=lambda i: -lb[i])[:k]
     top_r = dict(sorted(((i, lr[i]) for i in range(30)), key=lambda kv: -kv[1])[:k])
     pad = min(top_r.values())
     mixed = {i: w_base * lb[i] + w_rl * top_r.get(i, pad) for i in top_b}
     z = sum(math.exp(v) for v in mixed.values())
-    expected = [math.exp(mixed[i]) / z if i in mixed else 0.0 for i in range(30)]
+    on_list = reference_top_p([math.exp(mixed[i]) / z for i in top_b], top_p)
+    expected = [on_list[top_b.index(i)] if i in top_b else 0.0 for i in range(30)]
     torch.testing.assert_close(logp.exp()[0], torch.tensor(expected), rtol=0, atol=1e-6)
 
 
