@@ -30,6 +30,7 @@ from .processor import (
     WARPERS,
     call_settings,
     check_finite,
+    check_penalties,
     model_device,
     requested_settings,
     shared_vocab_size,
@@ -224,8 +225,9 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs: Any):
         """`GenerationMixin.generate`, with the sampling rules of the class docstring: in selective mode
         ``temperature`` / ``top_p`` given here (or in ``generation_config``) set the extrapolation's for this call."""
-        settings = self.extrapolation
-        self.extrapolation = call_settings(settings, requested_settings(generation_config, kwargs), route="wrapper")
+        settings, requested = self.extrapolation, requested_settings(generation_config, kwargs)
+        self.extrapolation = call_settings(settings, requested, route="wrapper")
+        check_penalties(self.extrapolation, requested)
         if settings.select is not None:  # taken by the extrapolation: generate itself must not see them
             kwargs = {k: v for k, v in kwargs.items() if k not in WARPERS}
             if generation_config is not None:

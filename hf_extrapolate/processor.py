@@ -107,6 +107,17 @@ def call_settings(config: ExtrapolationConfig, requested: dict[str, Any], route:
     return config
 
 
+def check_penalties(config: ExtrapolationConfig, requested: dict[str, Any]) -> None:
+    """Refuse penalties after a one-hot distribution (temperature 0): they could only remove its one token."""
+    penalties = [f"{k}={v!r}" for k, v in requested.items() if k in PENALTIES and not is_neutral(k, v)]
+    if config.temperature == 0 and penalties:
+        raise ValueError(
+            f"with temperature=0 the extrapolation emits one token with probability 1, so {', '.join(penalties)} "
+            "(applied after it) could only leave no token: use temperature > 0 with do_sample=False (the argmax "
+            "of the penalised distribution) or drop them"
+        )
+
+
 class _Stream:
     """One thread's decoding state: the base model's cache, the ids it holds, and the prompt whose mask is known."""
 
@@ -260,7 +271,7 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         if (given := kwargs.pop("generation_config", None)) is not None:  # flattened, so nothing is merged twice
             kwargs = {**{k: v for k, v in given.to_diff_dict().items() if k in known_keys()}, **kwargs}
         requested = requested_settings(None, kwargs)
-        call_settings(self.config, requested, route="processor")
+        check_penalties(call_settings(self.config, requested, route="processor"), requested)
         own = [p for p in kwargs.pop("logits_processor", None) or [] if p is not self]
         config, _ = model._prepare_generation_config(None, **{k: v for k, v in kwargs.items() if k in known_keys()})
         # the penalty processors, built by generate's own code from a copy that asks for nothing else
