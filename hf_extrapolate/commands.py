@@ -115,12 +115,14 @@ def run_generate(args: argparse.Namespace) -> int:
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
     proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings.to_dict())
     torch.manual_seed(args.seed)
-    # sampling settings live in the processor (selective mode needs them there); generate samples its output as is
+    # temperature and top-p live in the processor; generate_kwargs makes generate's own warpers (and the RL
+    # model's generation_config defaults) neutral, so generate samples the processor's output as is
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     rl.generate(
-        **enc, logits_processor=[proc], do_sample=args.temperature > 0, temperature=1.0, top_p=1.0, top_k=0,
-        max_new_tokens=args.max_new_tokens, streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **proc.generate_kwargs(
+            rl, **enc, do_sample=args.temperature > 0, max_new_tokens=args.max_new_tokens, streamer=streamer,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
     )  # fmt: skip
     if proc.resample_rate is not None:
         print(f"[in expectation: {proc.resample_rate:.1%} of tokens resampled, {proc.changed_rate:.1%} changed]")

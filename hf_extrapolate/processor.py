@@ -383,6 +383,17 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         return torch.cat([logp, logp.new_full((logp.shape[0], scores.shape[-1] - width), NEG_INF)], dim=-1)
 
 
+def generate_arguments(model: PreTrainedModel, logits_processor: Any = (), **kwargs: Any) -> dict[str, Any]:
+    """`generate`'s arguments for ``model`` with these logits processors: through the first
+    `DeltaLogpExtrapolation` among them (`DeltaLogpExtrapolation.generate_kwargs`: it runs first, the rest after
+    the call's penalties), or unchanged when there is none."""
+    processors = list(logits_processor)
+    proc = next((p for p in processors if isinstance(p, DeltaLogpExtrapolation)), None)
+    if proc is None:
+        return {**kwargs, "logits_processor": processors}
+    return proc.generate_kwargs(model, logits_processor=[p for p in processors if p is not proc], **kwargs)
+
+
 def known_keys() -> set[str]:
     """The attributes of a `GenerationConfig` (what `generate` takes as generation settings)."""
     return set(GenerationConfig().__dict__)

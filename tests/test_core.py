@@ -18,6 +18,7 @@ from transformers import (
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM, ExtrapolationConfig
 from hf_extrapolate.extrapolation import combine
+from hf_extrapolate.processor import generate_arguments
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]
 NEW = 32
@@ -48,12 +49,8 @@ def no_cache_greedy(rl, base, tokenizer, config: ExtrapolationConfig, prompts=PR
 
 
 def generate(model, enc, logits_processor=(), **kwargs):
-    """``model.generate``; with a `DeltaLogpExtrapolation` first in ``logits_processor``, through its
-    `generate_kwargs` (the documented call, which hands it the attention mask)."""
-    if logits_processor and isinstance(logits_processor[0], DeltaLogpExtrapolation):
-        kwargs = logits_processor[0].generate_kwargs(model, **enc, logits_processor=logits_processor[1:], **kwargs)
-        return model.generate(**kwargs)
-    return model.generate(**enc, logits_processor=logits_processor, **kwargs)
+    """``model.generate``, with a `DeltaLogpExtrapolation` through its `generate_kwargs` (the documented call)."""
+    return model.generate(**generate_arguments(model, logits_processor, **enc, **kwargs))
 
 
 def greedy(model, enc, **kwargs):
