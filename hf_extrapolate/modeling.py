@@ -104,8 +104,9 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     ``forward`` returns; warpers to π_X in full mode (temperature and top-p only when the extrapolation
     settings leave theirs at 1). In selective mode ``temperature`` and ``top_p`` passed to `generate` replace
     the extrapolation's for that call (the proposer and π_X are sampled with them, ``temperature=0`` is the
-    greedy variant) and other warpers (top-k, min-p, typical-p, ...) are refused, so `generate` samples the
-    exact mixture. NaN or +inf logits of either model are refused.
+    greedy variant; ``do_sample=False`` alone takes the mixture's argmax) and other warpers (top-k, min-p,
+    typical-p, ...) are refused, so `generate` samples the exact mixture. NaN or +inf logits of either model are
+    refused. One wrapper serves one `generate` call at a time (a call's settings are held on the wrapper).
 
     Example:
 
@@ -210,8 +211,11 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         where = f"at positions {past}..{past + input_ids.shape[1] - 1}"
         if self._prompt_length is not None:
             where = f"at generation step {past + input_ids.shape[1] - self._prompt_length}"
-        check_finite(rl_logits[..., :width], "RL", where)
-        check_finite(base_logits[..., :width], "base", where)
+        real = slice(None)  # padding positions' logits are never used: only real tokens' are checked
+        if attention_mask is not None:
+            real = attention_mask[:, -rl_logits.shape[1] :].to(rl_logits.device).bool()
+        check_finite(rl_logits[..., :width][real], "RL", where)
+        check_finite(base_logits[..., :width][real], "base", where)
         logp, _ = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
         if width < rl_logits.shape[-1]:
             logp = F.pad(logp, (0, rl_logits.shape[-1] - width), value=NEG_INF)

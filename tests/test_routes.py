@@ -271,6 +271,8 @@ def test_non_finite_logits_are_refused_naming_the_model(models, tokenizer, how, 
             ExtrapolatedForCausalLM(rl, base, **settings).generate(**enc, max_new_tokens=3, do_sample=False)
         with pytest.raises(ValueError, match=message):
             processor_generate(rl, DeltaLogpExtrapolation(base, **settings), enc, max_new_tokens=3, do_sample=False)
+    with pytest.raises(ValueError, match=rf"the {which} model's logits are NaN or \+inf at positions 0\.\."):
+        ExtrapolatedForCausalLM(rl, base, gamma=0.5)(**enc)  # a plain forward (log-likelihoods) too
 
 
 # -- threads -------------------------------------------------------------------------------------------------
