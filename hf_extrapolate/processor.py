@@ -244,11 +244,11 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         return self._rate(1)
 
     # -- the generate call -----------------------------------------------------------------------------
-    def generate_kwargs(self, model: PreTrainedModel, **kwargs: Any) -> dict[str, Any]:
+    def generate_kwargs(self, model: PreTrainedModel, inputs: Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
         """The arguments for ``model.generate`` (``model`` is the RL model) under which `generate` samples exactly
         what this processor returns, followed by the call's penalties.
 
-        Takes `generate`'s arguments (``input_ids``, ``attention_mask`` — required for a batch of several
+        Takes `generate`'s arguments (``inputs`` or ``input_ids``, ``attention_mask`` — required for a batch of several
         prompts —, ``generation_config``, ``logits_processor``, sampling and penalty settings, anything else) and
         returns them with: this processor first in ``logits_processor``; the processors `generate` would build
         for the penalty settings (see `PENALTIES`) next, then the caller's own; every score-changing setting
@@ -256,8 +256,7 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         tells this processor, in this thread, the prompts' attention mask.
         """
         kwargs = dict(kwargs)
-        ids = kwargs.pop("input_ids", None)
-        ids = kwargs.pop("inputs", None) if ids is None else ids
+        ids = kwargs.pop("input_ids", inputs)
         if not isinstance(ids, Tensor) or ids.dim() != 2:
             raise ValueError("generate_kwargs needs input_ids, the tokenised prompts as a [batch, length] tensor")
         mask = kwargs.pop("attention_mask", None)
