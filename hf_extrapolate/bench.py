@@ -36,7 +36,7 @@ from .configuration import ExtrapolationConfig
 from .extrapolation import combine
 from .loading import quantization
 from .modeling import ExtrapolatedForCausalLM
-from .processor import DeltaLogpExtrapolation
+from .processor import DeltaLogpExtrapolation, generate_arguments
 
 VARIANTS: dict[str, str] = {
     "rl": "the RL model alone",
@@ -200,11 +200,11 @@ def measure(
 
     def generate(n: int, stopping_criteria: list[StoppingCriteria] | None = None) -> torch.Tensor:
         torch.manual_seed(0)
-        return model.generate(
-            ids, attention_mask=torch.ones_like(ids), logits_processor=processors, max_new_tokens=n,
+        return model.generate(**generate_arguments(
+            model, processors, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
             min_new_tokens=n, stopping_criteria=stopping_criteria, do_sample=True, temperature=1.0, top_k=0,
             top_p=1.0 if variant == "selective" else top_p, pad_token_id=PAD_ID,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     generate(4)  # warm-up: kernels and allocator at these shapes
     _reset_peak()

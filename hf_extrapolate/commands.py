@@ -115,12 +115,14 @@ def run_generate(args: argparse.Namespace) -> int:
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
     proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings.to_dict())
     torch.manual_seed(args.seed)
-    # sampling settings live in the processor (selective mode needs them there); generate samples its output as is
+    # temperature and top-p live in the processor; generate_kwargs makes generate's own warpers (and the RL
+    # model's generation_config defaults) neutral, so generate samples the processor's output as is
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     rl.generate(
-        **enc, logits_processor=[proc], do_sample=args.temperature > 0, temperature=1.0, top_p=1.0, top_k=0,
-        max_new_tokens=args.max_new_tokens, streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        **proc.generate_kwargs(
+            rl, **enc, do_sample=args.temperature > 0, max_new_tokens=args.max_new_tokens, streamer=streamer,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
     )  # fmt: skip
     if proc.resample_rate is not None:
         print(f"[in expectation: {proc.resample_rate:.1%} of tokens resampled, {proc.changed_rate:.1%} changed]")
@@ -180,12 +182,13 @@ def run_export(args: argparse.Namespace) -> int:
         from transformers import AutoConfig, GenerationConfig
 
         from .modeling import context_length
+        from .processor import neutral_generation_config
 
         tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
         check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=args.trust_remote_code), rl, base)
         configs = [AutoConfig.from_pretrained(n, trust_remote_code=args.trust_remote_code) for n in (rl, base)]
-        try:
-            generation_config = GenerationConfig.from_pretrained(rl)
+        try:  # the RL model's special tokens and limits, with no sampling or penalty default of its own
+            generation_config = neutral_generation_config(GenerationConfig.from_pretrained(rl))
         except OSError:
             generation_config = None
         with output_folder(args.out, overwrite=args.overwrite) as tmp:

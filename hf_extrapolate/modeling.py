@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import posixpath
 import tempfile
@@ -30,7 +31,17 @@ from transformers.utils import resolve_revision
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig
 from .extrapolation import NEG_INF, combine
 from .loading import HUB_KWARGS, SOURCE_ATTR, check_tokenizers, load_pair
-from .processor import model_device, shared_vocab_size
+from .processor import (
+    NEUTRAL,
+    WARPERS,
+    call_settings,
+    check_finite,
+    check_penalties,
+    model_device,
+    neutral_generation_config,
+    requested_settings,
+    shared_vocab_size,
+)
 
 SHIM_FILE = "modeling_hf_extrapolate.py"
 SHIM = '''"""Loads an hf-extrapolate pair: `pip install hf-extrapolate`, then
@@ -93,6 +104,17 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     one `PairCache`. Tokens beyond the shared vocabulary get −inf. The models are ``.rl`` and ``.base``
     (``.base_model`` is transformers' name for the backbone, here the RL model).
 
+    Its generation config is the RL model's with every score-changing setting neutral (`NEUTRAL`): a Qwen
+    config's temperature 0.7, top-k 20 and repetition penalty 1.05 were tuned for the RL model alone, and are
+    ignored at generate time whatever ``generation_config`` the wrapper holds (e.g. one loaded from a folder).
+    What a `generate` call passes applies once, after extrapolation: penalties and masks to the log-probs
+    ``forward`` returns; warpers to π_X in full mode (temperature and top-p only when the extrapolation
+    settings leave theirs at 1). In selective mode ``temperature`` and ``top_p`` passed to `generate` replace
+    the extrapolation's for that call (the proposer and π_X are sampled with them, ``temperature=0`` is the
+    greedy variant; ``do_sample=False`` alone takes the mixture's argmax) and other warpers (top-k, min-p,
+    typical-p, ...) are refused, so `generate` samples the exact mixture. NaN or +inf logits of either model are
+    refused. One wrapper serves one `generate` call at a time (a call's settings are held on the wrapper).
+
     Example:
 
     ```python
@@ -140,7 +162,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         self.extrapolation = extrapolation
         self.tokenizer = tokenizer
         self.vocab_width = shared_vocab_size(rl_width, base_width, len(tokenizer) if tokenizer is not None else None)
-        self.generation_config = rl_model.generation_config
+        self.generation_config = neutral_generation_config(rl_model.generation_config)  # saved with the pair
+        self._prompt_length: int | None = None  # set while `generate` runs, for error messages
 
     # -- transformers plumbing -------------------------------------------------------------------------
     def get_input_embeddings(self) -> torch.nn.Module:
@@ -189,6 +212,15 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         )  # fmt: skip
         base_logits = base_logits.to(rl_logits.device)
         width = self.vocab_width
+        past = cache.get_seq_length() - input_ids.shape[1] if cache is not None else 0
+        where = f"at positions {past}..{past + input_ids.shape[1] - 1}"
+        if self._prompt_length is not None:
+            where = f"at generation step {past + input_ids.shape[1] - self._prompt_length}"
+        real = slice(None)  # padding positions' logits are never used: only real tokens' are checked
+        if attention_mask is not None:
+            real = attention_mask[:, -rl_logits.shape[1] :].to(rl_logits.device).bool()
+        check_finite(rl_logits[..., :width][real], "RL", where)
+        check_finite(base_logits[..., :width][real], "base", where)
         logp, _ = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
         if width < rl_logits.shape[-1]:
             logp = F.pad(logp, (0, rl_logits.shape[-1] - width), value=NEG_INF)
@@ -197,6 +229,35 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             shift = logp[..., :-1, :].reshape(-1, logp.shape[-1])
             loss = F.nll_loss(shift, labels[..., 1:].reshape(-1).to(shift.device), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logp, cache=cache if use_cache else None)
+
+    @torch.no_grad()
+    def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs: Any):
+        """`GenerationMixin.generate`, with the sampling rules of the class docstring: in selective mode
+        ``temperature`` / ``top_p`` given here (or in ``generation_config``) set the extrapolation's for this call."""
+        settings, requested = self.extrapolation, requested_settings(generation_config, kwargs)
+        self.extrapolation = call_settings(settings, requested, route="wrapper")
+        check_penalties(self.extrapolation, requested)
+        if settings.select is not None:  # taken by the extrapolation: generate itself must not see them
+            kwargs = {k: v for k, v in kwargs.items() if k not in WARPERS}
+            if generation_config is not None:
+                generation_config = copy.deepcopy(generation_config)
+                generation_config.temperature = generation_config.top_p = None
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        self._prompt_length = prompt.shape[-1] if isinstance(prompt, Tensor) else None
+        try:
+            return super().generate(inputs, generation_config, **kwargs)
+        finally:
+            self.extrapolation, self._prompt_length = settings, None
+
+    def _prepare_generation_config(self, generation_config: GenerationConfig | None, **kwargs: Any):
+        """Neutralise every score-changing setting the call does not ask for (the stored config's included)."""
+        config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        requested = requested_settings(generation_config, kwargs)
+        selective = self.extrapolation.select is not None  # its temperature / top-p live in the extrapolation
+        for name, neutral in NEUTRAL.items():
+            keep = name in requested and not (selective and name in WARPERS)
+            setattr(config, name, requested[name] if keep else neutral)
+        return config, model_kwargs
 
     def new_cache(self) -> PairCache:
         return PairCache(DynamicCache(config=self.rl.config), DynamicCache(config=self.base.config))

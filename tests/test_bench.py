@@ -43,7 +43,7 @@ def test_base_model_is_fed_one_new_token_per_step(pair, tokenizer, monkeypatch, 
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     kwargs = dict(max_new_tokens=NEW, min_new_tokens=NEW, num_beams=beams, do_sample=False, pad_token_id=0)
     if route == "processor":
-        rl.generate(**enc, logits_processor=[DeltaLogpExtrapolation(base, 0.5, tokenizer=tokenizer)], **kwargs)
+        rl.generate(**DeltaLogpExtrapolation(base, 0.5, tokenizer=tokenizer).generate_kwargs(rl, **enc, **kwargs))
     else:
         ExtrapolatedForCausalLM(rl, base, 0.5, tokenizer=tokenizer).generate(**enc, **kwargs)
     rows, prompt = len(PROMPTS) * beams, enc.input_ids.shape[1]

@@ -18,6 +18,7 @@ from transformers import (
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM, ExtrapolationConfig
 from hf_extrapolate.extrapolation import combine
+from hf_extrapolate.processor import generate_arguments
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]
 NEW = 32
@@ -47,9 +48,14 @@ def no_cache_greedy(rl, base, tokenizer, config: ExtrapolationConfig, prompts=PR
     return torch.stack(rows)
 
 
+def generate(model, enc, logits_processor=(), **kwargs):
+    """``model.generate``, with a `DeltaLogpExtrapolation` through its `generate_kwargs` (the documented call)."""
+    return model.generate(**generate_arguments(model, logits_processor, **enc, **kwargs))
+
+
 def greedy(model, enc, **kwargs):
-    """Greedy decoding (no min_new_tokens: no processor masks anything before ours)."""
-    out = model.generate(**enc, do_sample=False, max_new_tokens=NEW, pad_token_id=0, **kwargs)
+    """Greedy decoding of NEW tokens, padded to NEW."""
+    out = generate(model, enc, do_sample=False, max_new_tokens=NEW, pad_token_id=0, **kwargs)
     return F.pad(out[:, enc.input_ids.shape[1] :], (0, NEW + enc.input_ids.shape[1] - out.shape[1]))
 
 
@@ -93,19 +99,18 @@ def test_gamma_zero_is_the_rl_model(pair, tokenizer):
 
 
 def test_selective_respects_tokens_masked_by_other_processors(pair, tokenizer):
-    """min_new_tokens masks EOS on the RL scores; a base proposal of EOS must not slip through."""
+    """min_new_tokens masks EOS (after extrapolation, on the mixture); a base proposal of EOS must not slip through."""
     rl, base = pair
     with torch.no_grad():  # make EOS the base model's favourite token everywhere
         base_eos = perturbed(base, scale=0.0)
         base_eos.get_output_embeddings().weight[tokenizer.eos_token_id] *= 50
     enc = encode(tokenizer)
-    # select="none": the base proposal is always emitted, so only the mask can keep EOS out
-    proc = DeltaLogpExtrapolation(base_eos, gamma=0.5, select="none", temperature=0, tokenizer=tokenizer)
-    out = rl.generate(
-        **enc, logits_processor=[proc], do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0
-    )
-    assert (out[:, -8:] != tokenizer.eos_token_id).all()
-    free = rl.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=8, pad_token_id=0)
+    # select="none": the mixture is the base model's distribution, so only the mask can keep EOS out
+    proc = DeltaLogpExtrapolation(base_eos, gamma=0.5, select="none", tokenizer=tokenizer)
+    kw = dict(logits_processor=[proc], do_sample=False, max_new_tokens=8, pad_token_id=0)
+    out = generate(rl, enc, min_new_tokens=8, **kw)
+    assert (out[:, -8:] != tokenizer.eos_token_id).all() and (out[:, -8:] != 0).all()  # EOS masked, not padding
+    free = generate(rl, enc, **kw)
     assert (
         free[:, enc.input_ids.shape[1]] == tokenizer.eos_token_id
     ).all()  # without the mask the base would have ended at once
@@ -126,7 +131,7 @@ def test_beam_search_processor_wrapper_and_no_cache_agree(pair, tokenizer):
     no_cache = wrapper.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=0, use_cache=False, **beam)
     cached = wrapper.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=0, **beam)
     proc = DeltaLogpExtrapolation(base, gamma=0.7, tokenizer=tokenizer)
-    via_proc = rl.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=0, logits_processor=[proc], **beam)
+    via_proc = generate(rl, enc, do_sample=False, max_new_tokens=12, pad_token_id=0, logits_processor=[proc], **beam)
     assert torch.equal(cached.sequences, no_cache.sequences)
     assert torch.equal(via_proc.sequences, no_cache.sequences)
     torch.testing.assert_close(via_proc.sequences_scores, no_cache.sequences_scores, rtol=0, atol=1e-4)
@@ -141,7 +146,7 @@ def test_processor_reuse_sampling_and_num_return_sequences(pair, tokenizer):
     outs = []
     for model, extra in ((rl, {"logits_processor": [proc]}), (wrapper, {}), (rl, {"logits_processor": [proc]})):
         torch.manual_seed(7)
-        outs.append(model.generate(**enc, **kw, **extra))
+        outs.append(generate(model, enc, **kw, **extra))
     assert outs[0].shape[0] == 2 * len(PROMPTS)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     # a different prompt with the same processor object: cache rebuilt, still matches the reference
@@ -289,7 +294,7 @@ def test_padded_vocabularies_never_emit_padding_ids(tokenizer):
     for settings in ({"gamma": 1.0}, {"gamma": 1.0, "select": "delta_logp", "threshold": -0.1}):
         proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings)
         torch.manual_seed(0)
-        out = rl.generate(**enc, logits_processor=[proc], do_sample=True, max_new_tokens=24, pad_token_id=0)
+        out = generate(rl, enc, logits_processor=[proc], do_sample=True, max_new_tokens=24, pad_token_id=0)
         assert out.max() < len(tokenizer)
         wrapper = ExtrapolatedForCausalLM(rl, base, tokenizer=tokenizer, **settings)
         logits = wrapper(enc.input_ids).logits
@@ -320,6 +325,7 @@ def test_low_precision_base_is_combined_in_fp32(pair, tokenizer):
     expected = reference(enc.input_ids, attention_mask=enc.attention_mask).logits
     assert (logits - expected).abs().max() < 0.2  # bf16 rounding of the base logits only
     proc = DeltaLogpExtrapolation(base16, gamma=0.5, tokenizer=tokenizer)
+    proc.generate_kwargs(rl, **enc)  # hands the processor the batch's attention mask
     scores = proc(enc.input_ids, rl(enc.input_ids, attention_mask=enc.attention_mask).logits[:, -1])
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
 
@@ -409,7 +415,7 @@ def test_rates_count_emitting_rows_across_calls(pair, tokenizer):
     for select, threshold, expected in (("all", None, 1.0), ("none", None, 0.0), ("random", 0.3, 0.3)):
         proc = DeltaLogpExtrapolation(base, select=select, threshold=threshold, tokenizer=tokenizer)
         for _ in range(2):  # a second call with the same processor adds to the same statistics
-            rl.generate(**enc, logits_processor=[proc], do_sample=True, max_new_tokens=6, pad_token_id=0)
+            generate(rl, enc, logits_processor=[proc], do_sample=True, max_new_tokens=6, pad_token_id=0)
         assert proc.resample_rate == pytest.approx(expected, abs=1e-6)
         assert 0.0 <= proc.changed_rate <= proc.resample_rate
     proc = DeltaLogpExtrapolation(base, gamma=0.5, select="delta_logp", threshold=-0.3, tokenizer=tokenizer)

@@ -81,3 +81,19 @@ def test_a_failed_export_leaves_nothing(models, tmp_path, capsys):
                  "--out", str(tmp_path / "out")])  # fmt: skip
     assert code == 2 and "no tokenizer found for the base model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no-tokenizer"]
+
+
+def test_an_exported_folder_has_a_neutral_generation_config(pair, tokenizer, tmp_path):
+    """A member's sampling and penalty defaults (Qwen's) are not the pair's: the folder keeps only its special tokens."""
+    rl, base = pair
+    for name, model in (("rl", rl), ("base", base)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    qwen = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    written = json.loads((tmp_path / "rl" / "generation_config.json").read_text())
+    (tmp_path / "rl" / "generation_config.json").write_text(json.dumps({**written, **qwen}))
+    assert export(tmp_path, tmp_path / "x05") == 0
+    saved = json.loads((tmp_path / "x05" / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == rl.generation_config.eos_token_id
+    assert saved.get("temperature", 1.0) == 1.0 and saved.get("top_p", 1.0) == 1.0
+    assert all(saved.get(k) in (None, 0, 1.0) for k in ("top_k", "repetition_penalty")), saved

@@ -21,7 +21,7 @@ from transformers import LogitsProcessor, PreTrainedModel
 
 from ..configuration import ExtrapolationConfig
 from ..extrapolation import combine, entropy, kl_divergence, log_probs
-from ..processor import model_device, shared_vocab_size
+from ..processor import generate_arguments, model_device, shared_vocab_size
 
 # the statistics of `token_statistics`, in plotting order
 METRICS = ("delta_logp", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js")
@@ -230,10 +230,10 @@ def generate_responses(
             rows[start : start + batch_size * samples], return_tensors="pt", padding=True, padding_side="left",
             add_special_tokens=add_special,
         )  # fmt: skip
-        ids = model.generate(
-            **enc.to(model_device(model)), max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-            logits_processor=list(logits_processor), **(sampling or dict(do_sample=False)),
-        ).cpu()  # fmt: skip
+        ids = model.generate(**generate_arguments(
+            model, logits_processor, **enc.to(model_device(model)), max_new_tokens=max_new_tokens, eos_token_id=eos,
+            pad_token_id=pad, **(sampling or dict(do_sample=False)),
+        )).cpu()  # fmt: skip
         prompt_length = enc["input_ids"].shape[1]
         new = ids[:, prompt_length:]
         valid = until_first(new, eos)

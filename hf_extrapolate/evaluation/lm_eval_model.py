@@ -114,22 +114,17 @@ class ExtrapolatedHFLM(HFLM):
         return min(resolve_max_length(m.config, self.tokenizer, default=self._DEFAULT_MAX_LENGTH) for m in models)
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
-        """Generate; in selective mode the task's temperature and top-p are applied inside the wrapper."""
+        """Generate. The wrapper's `generate` applies the task's settings once: in selective mode its temperature
+        and top-p become the extrapolation's (PAPER.md §2), and other warpers are refused. A greedy task in
+        selective mode (HFLM drops its temperature 0) runs the paper's greedy variant, temperature 0."""
         model = self.model
         settings = model.extrapolation
-        if settings.select is None:  # full mode: π_X is an ordinary distribution, `generate` samples it
+        temperature = float(generation_kwargs.get("temperature", 0.0) or 0.0)
+        if settings.select is None or (temperature > 0 and generation_kwargs.get("do_sample") is not False):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        temperature = float(generation_kwargs.pop("temperature", 0.0) or 0.0)
-        top_p = float(generation_kwargs.pop("top_p", 1.0) or 1.0)
-        do_sample = generation_kwargs.pop("do_sample", None)
-        if generation_kwargs.pop("top_k", None):
-            raise ValueError("selective extrapolation takes temperature and top-p only; set top_k: 0 in the task")
-        sample = temperature > 0 and do_sample is not False
-        model.extrapolation = dataclasses.replace(
-            settings, temperature=temperature if sample else 0.0, top_p=top_p if sample else 1.0
-        )
-        neutral = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {"do_sample": False}
+        greedy = {k: v for k, v in generation_kwargs.items() if k not in ("temperature", "top_p", "do_sample")}
+        model.extrapolation = dataclasses.replace(settings, temperature=0.0, top_p=1.0)
         try:
-            return super()._model_generate(context, max_length, stop, **neutral, **generation_kwargs)
+            return super()._model_generate(context, max_length, stop, do_sample=False, **greedy)
         finally:
             model.extrapolation = settings

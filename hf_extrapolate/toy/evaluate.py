@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_extrapolate.processor import generate_arguments
 from hf_extrapolate.toy.task import format_prompt, is_correct
 
 MAX_NEW_TOKENS = 80  # the longest solution is about 60 characters
@@ -46,14 +47,17 @@ def generate(
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
         ids = model.generate(
-            **batch,
-            do_sample=do_sample,
-            temperature=1.0 if do_sample else None,
-            top_p=1.0 if do_sample else None,
-            top_k=0 if do_sample else None,
-            num_return_sequences=k,
-            max_new_tokens=MAX_NEW_TOKENS,
-            logits_processor=list(logits_processor),
+            **generate_arguments(
+                model,
+                logits_processor,
+                **batch,
+                do_sample=do_sample,
+                temperature=1.0 if do_sample else None,
+                top_p=1.0 if do_sample else None,
+                top_k=0 if do_sample else None,
+                num_return_sequences=k,
+                max_new_tokens=MAX_NEW_TOKENS,
+            )
         )
         texts = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         out.extend(texts[i : i + k] for i in range(0, len(texts), k))
