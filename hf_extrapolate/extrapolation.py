@@ -47,10 +47,11 @@ class SelectionRates(NamedTuple):
     changed: Tensor
 
 
-def check_finite_scores(scores: Tensor, who: str, step: int | None = None) -> None:
+def check_finite_scores(scores: Tensor, who: str, where: str = "") -> None:
     """Raise a ValueError if ``scores`` hold NaN or +inf (−inf is a mask and is fine).
 
-    ``who`` names the source in the message (e.g. ``"the base model"``), ``step`` the decoding step.
+    ``who`` names the source in the message (e.g. ``"the base model's logits"``), ``where`` the step or positions
+    (e.g. ``" at generation step 7"``).
     """
     top = scores.amax(-1) if scores.numel() else scores.new_zeros(())  # NaN and +inf both reach the maximum
     if not (top.isnan() | top.isposinf()).any():
@@ -58,10 +59,9 @@ def check_finite_scores(scores: Tensor, who: str, step: int | None = None) -> No
     bad = scores.isnan() | scores.isposinf()
     first = tuple(bad.nonzero()[0].tolist())
     kind = " and ".join(name for name, hit in (("NaN", scores.isnan()), ("+inf", scores.isposinf())) if hit.any())
-    where = f" at step {step}" if step is not None else ""
     raise ValueError(
-        f"{who}{where}: {int(bad.sum())} {kind} scores (the first at index {first}); only finite scores and -inf "
-        "masks can be combined: check that model's dtype and weights (e.g. a float16 overflow or a NaN lm_head)"
+        f"{who}{where} hold {kind} ({int(bad.sum())} scores, the first at index {first}); only finite scores and "
+        "-inf masks can be combined: check that model's dtype and weights (e.g. a float16 overflow or a NaN lm_head)"
     )
 
 

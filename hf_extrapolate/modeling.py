@@ -29,13 +29,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
 
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig
-from .extrapolation import NEG_INF, combine
+from .extrapolation import NEG_INF, check_finite_scores, combine
 from .loading import HUB_KWARGS, SOURCE_ATTR, check_tokenizers, load_pair
 from .processor import (
     NEUTRAL,
     WARPERS,
     call_settings,
-    check_finite,
     check_penalties,
     model_device,
     neutral_generation_config,
@@ -213,14 +212,14 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         base_logits = base_logits.to(rl_logits.device)
         width = self.vocab_width
         past = cache.get_seq_length() - input_ids.shape[1] if cache is not None else 0
-        where = f"at positions {past}..{past + input_ids.shape[1] - 1}"
+        where = f" at positions {past}..{past + input_ids.shape[1] - 1}"
         if self._prompt_length is not None:
-            where = f"at generation step {past + input_ids.shape[1] - self._prompt_length}"
+            where = f" at generation step {past + input_ids.shape[1] - self._prompt_length}"
         real = slice(None)  # padding positions' logits are never used: only real tokens' are checked
         if attention_mask is not None:
             real = attention_mask[:, -rl_logits.shape[1] :].to(rl_logits.device).bool()
-        check_finite(rl_logits[..., :width][real], "RL", where)
-        check_finite(base_logits[..., :width][real], "base", where)
+        check_finite_scores(rl_logits[..., :width][real], "the RL model's logits", where)
+        check_finite_scores(base_logits[..., :width][real], "the base model's logits", where)
         logp, _ = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
         if width < rl_logits.shape[-1]:
             logp = F.pad(logp, (0, rl_logits.shape[-1] - width), value=NEG_INF)

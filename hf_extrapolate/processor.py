@@ -16,7 +16,7 @@ from torch import Tensor
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from .configuration import ExtrapolationConfig
-from .extrapolation import NEG_INF, combine
+from .extrapolation import NEG_INF, check_finite_scores, combine
 
 # `generate`'s warpers (run after every logits processor), each with the value that leaves the scores unchanged
 WARPERS: dict[str, Any] = {
@@ -53,15 +53,6 @@ def model_device(model: PreTrainedModel) -> torch.device:
 def shared_vocab_size(*sizes: int | None) -> int:
     """The vocabulary both models can emit: the smallest of the logits widths and the tokenizer length."""
     return min(s for s in sizes if s is not None)
-
-
-def check_finite(logits: Tensor, model: str, where: str) -> None:
-    """Refuse NaN or +inf logits (−inf is a mask): they would turn every extrapolated score into NaN or −inf."""
-    if bool((logits.isnan() | logits.isposinf()).any()):
-        raise ValueError(
-            f"the {model} model's logits are NaN or +inf {where}: check its weights and dtype (fp16 overflow?); "
-            "extrapolation cannot combine them"
-        )
 
 
 def is_neutral(name: str, value: Any) -> bool:
@@ -375,9 +366,9 @@ class DeltaLogpExtrapolation(LogitsProcessor):
             )
         base = self.base_log_probs(input_ids).to(scores.device)
         width = shared_vocab_size(scores.shape[-1], base.shape[-1], self.tokenizer_size)
-        where = f"at generation step {input_ids.shape[1] - stream.start}"
-        check_finite(scores[:, :width], "RL", where)
-        check_finite(base[:, :width], "base", where)
+        where = f" at generation step {input_ids.shape[1] - stream.start}"
+        check_finite_scores(scores[:, :width], "the RL model's logits", where)
+        check_finite_scores(base[:, :width], "the base model's logits", where)
         logp, rates = combine(scores[:, :width], base[:, :width], self.config, self.generator)
         if rates is not None:
             # rows that have finished (their last token is padding or EOS) are not emitting anything

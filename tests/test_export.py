@@ -84,7 +84,7 @@ def test_a_failed_export_leaves_nothing(models, tmp_path, capsys):
 
 
 def test_an_exported_folder_has_a_neutral_generation_config(pair, tokenizer, tmp_path):
-    """A member's sampling and penalty defaults (Qwen's) are not the pair's: the folder keeps only its special tokens."""
+    """A member's sampling and penalty defaults (Qwen's) are not the pair's: the folder keeps its special tokens."""
     rl, base = pair
     for name, model in (("rl", rl), ("base", base)):
         model.save_pretrained(tmp_path / name)
