@@ -67,7 +67,7 @@ class ExtrapolatedHFLM(HFLM):
             raise ValueError("--model hfx takes rl= and base=, not pretrained= (use --model hf for one model)")
         if sampling := {"temperature", "top_p"} & set(kwargs):
             raise ValueError(f"set {', '.join(sorted(sampling))} in the task or with --gen_kwargs, not --model_args")
-        check_dtype(kwargs.get("dtype"), "--model_args dtype")  # before HFLM starts: lm-eval would fail on it with a traceback
+        check_dtype(kwargs.get("dtype"), "--model_args dtype")  # before HFLM starts (lm-eval: a traceback)
         check_device_map(kwargs.get("device_map"), "--model_args device_map")
         check_device_map(base_device_map, "--model_args base_device_map")
         self._settings = {name: kwargs.pop(name) for name in EXTRAPOLATION_ARGS if name in kwargs}

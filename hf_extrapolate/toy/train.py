@@ -34,6 +34,10 @@ from hf_extrapolate.toy.tokenizer import EOS, IM_END, build_tokenizer
 TOY_TOKENS = ("user", "assistant", "Compute ", PROMPT_SUFFIX, "\\boxed{")  # whole strings matched as one token
 PIPELINE_VERSION = 1  # part of every cache key: bump it when a change to this file changes the models
 SETTINGS_FILE = "toy_settings.json"
+POSITIVE_FIELDS = (
+    "hidden_size", "num_layers", "num_heads", "sft_problems", "sft_lr", "sft_batch_size", "grpo_steps",
+    "grpo_prompts", "num_generations", "grpo_lr",
+)  # fmt: skip
 BASE_FIELDS = (
     "seed", "hidden_size", "num_layers", "num_heads", "sft_problems", "slip_rate", "nine_rate", "sft_lr",
     "sft_batch_size",
@@ -64,12 +68,12 @@ class ToySettings:
     reweight_c: float = 0.2
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int | float) and f.name != "seed" and not (value > 0 or f.name.endswith("rate")):
-                raise ValueError(f"{f.name} must be positive, got {value}")
-        if not 0 <= self.slip_rate <= 1 or not 0 <= self.nine_rate <= 1:
-            raise ValueError(f"slip_rate and nine_rate must be in [0, 1], got {self.slip_rate}, {self.nine_rate}")
+        for name in POSITIVE_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("slip_rate", "nine_rate", "reweight_c"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.reweight is not None:  # (training imports TRL, which reusing a cached plain pair does not need)
             from hf_extrapolate.training import REWEIGHTS
 
