@@ -7,6 +7,8 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+from hf_extrapolate.outputs import check_output_folder, output_folder
+
 REWEIGHT_CHOICES = ("direction", "dominate", "none")
 OWN_FLAGS = ("seed", "reweight", "reweight_c")  # ToySettings fields with a flag of their own
 
@@ -41,8 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_extrapolate.outputs import check_output_folder, output_folder
-
     if not 0 <= args.reweight_c <= 1:
         raise ValueError(f"--reweight-c must be in [0, 1], got {args.reweight_c}")
     if args.out is not None:  # before the training, which takes minutes
