@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# optional dependency -> the extra of pyproject.toml that installs it (named in the error when it is missing)
+EXTRAS = {"lm_eval": "eval", "math_verify": "eval", "trl": "train", "datasets": "train", "gradio": "demo",
+          "bitsandbytes": "quant"}  # fmt: skip
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` (temporary folders) cleans up."""
 
@@ -53,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as err:  # bad input: one clear line, no traceback
         if os.environ.get("HFX_DEBUG"):
             raise
-        print(f"hf-extrapolate {args.command}: error: {err}", file=sys.stderr)
+        extra = EXTRAS.get((getattr(err, "name", None) or "").partition(".")[0])
+        hint = f'; pip install "hf-extrapolate[{extra}]"' if extra and "pip install" not in str(err) else ""
+        print(f"hf-extrapolate {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)

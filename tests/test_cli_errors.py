@@ -130,6 +130,12 @@ def test_ctrl_c_while_generating_exits_130_and_keeps_the_text(pair_dir, tmp_path
     assert "Traceback" not in err and len(first + out) > 0
 
 
+def test_a_missing_extra_is_named_with_its_pip_install(capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval.models", None)  # as if lm-eval were not installed
+    assert main(["eval", "--model", "hfx", "--tasks", "hfx_aime24"]) == 2
+    assert one_error_line(capfd, "eval").endswith('; pip install "hf-extrapolate[eval]"')
+
+
 def test_an_argument_error_prints_the_sub_commands_usage(pair_dir, capsys):
     for argv, error in (
         (["generate", "--prompt", "x", "--bogus", "1"], "unrecognized arguments: --bogus 1"),

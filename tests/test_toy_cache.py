@@ -114,17 +114,21 @@ def test_temporaries_of_a_killed_run_are_removed_on_reuse(cached, tmp_path, capf
     assert leftovers(root) == [] and "hf-extrapolate:" not in capfd.readouterr().err  # reused: nothing said
 
 
+@pytest.mark.slow
 def test_a_second_process_waits_for_the_lock_then_reuses(cached, tmp_path):
-    """The test holds the base model's lock as a training process would; `train-toy` says it waits, and once the
-    lock is free reuses the cached pair without training anything."""
+    """The test plays a process training the base model: it holds the lock and renames the finished folder into
+    place. `train-toy` says it waits, and once the lock is free reuses that folder without training anything
+    (slow: a fresh Python process)."""
     root = tmp_path / "cache"
     shutil.copytree(cached, root)
     rl, base = pair_paths(seed=0, root=root, **TINY)
     stamps = {p: (p / "model.safetensors").stat().st_mtime_ns for p in (rl, base)}
     with FileLock(root / f".{base.name}.lock"):
+        base.rename(root / f"{base.name}.tmp-training")
         proc = train_toy(root)
         waiting = next((line for line in proc.stderr if "waiting" in line), "")  # printed before it blocks
         assert waiting.strip() == f"hf-extrapolate: another process is training {base}; waiting for it"
+        (root / f"{base.name}.tmp-training").rename(base)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert f"RL model:   {rl}" in out and NOTICE not in err
@@ -188,11 +192,12 @@ def test_reusing_a_cached_pair_does_not_need_trl(cached, monkeypatch):
 
 def test_training_notice_estimates_from_the_quiet_machine_and_past_runs(tmp_path):
     default = ToySettings()
-    quiet = QUIET_SECONDS["base"] * default.sft_problems + QUIET_SECONDS["rl"] * 150 * 8 * 8
-    assert quiet == pytest.approx(332)  # the timed run the figures come from
     line = training_notice(default, ["base", "rl"], tmp_path)
     assert line == (f"{NOTICE} (seed 0): training it (SFT of the base model, then GRPO), ~6 min on a quiet "
                     f"2-core machine; cached in {tmp_path}")  # fmt: skip
+    # twice the SFT problems and a model of twice the width (4× the work per token): 8 × the quiet SFT time
+    bigger = dataclasses.replace(default, sft_problems=2 * default.sft_problems, hidden_size=2 * default.hidden_size)
+    assert f", ~{8 * QUIET_SECONDS['base'] / 60:.0f} min on a quiet" in training_notice(bigger, ["base"], tmp_path)
     # past runs here: an SFT of 20000 problems took 300 s and 100 GRPO steps 200 s, both at the default size
     for stage, seconds, fields in (("base", 300, {"sft_problems": 20000}), ("rl", 200, {"grpo_steps": 100})):
         run = tmp_path / f"toy-{stage}-0123456789ab"

@@ -8,6 +8,7 @@ the sha256 of each of its files, recorded in its `toy_settings.json`, is checked
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -277,20 +278,28 @@ def check_cached(folder: Path) -> str | None:
 def _build_once(target: Path, build: Callable[[Path], None], announce: Callable[[], None] = lambda: None) -> Path:
     """Reuse `target` if `check_cached` passes; else `announce()`, run `build(tmp_dir)` and rename it into place.
 
-    All of it runs under a file lock beside `target`: a second process asking for the same folder waits for the
+    Building runs under a file lock beside `target`: a second process asking for the same folder waits for the
     first, then reuses its result; temporaries left by killed runs (which no longer hold the lock) are removed; a
-    damaged folder is trained again, with a one-line notice.
+    damaged folder is trained again, with a one-line notice. Reusing a sound folder waits for no lock.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(target.parent / f".{target.name}.lock")
+
+    def remove_temporaries() -> None:  # only while holding the lock: then no live process writes them
+        for stale in target.parent.glob(f"{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    if check_cached(target) is None:
+        with contextlib.suppress(Timeout, OSError), lock.acquire(timeout=0):  # (OSError: a read-only cache)
+            remove_temporaries()
+        return target
     try:
         lock.acquire(timeout=0)
     except Timeout:
         print(f"hf-extrapolate: another process is training {target}; waiting for it", file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        for stale in target.parent.glob(f"{target.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_temporaries()
         problem = check_cached(target)
         if problem is None:
             return target
@@ -309,9 +318,9 @@ def _build_once(target: Path, build: Callable[[Path], None], announce: Callable[
     return target
 
 
-# The whole pipeline with the default settings, timed on a quiet 2-core machine (`time hf-extrapolate train-toy
-# --seed 2`, docs/RESULTS.md): 5 min 32 s, of which GRPO 103 s; per SFT problem and per GRPO rollout
-QUIET_SECONDS = {"base": (332 - 103) / 40000, "rl": 103 / (150 * 8 * 8)}
+# Each stage with the default settings on a quiet 2-core machine: `time hf-extrapolate train-toy --seed 2` took
+# 5 min 32 s, of which GRPO 103 s (docs/RESULTS.md)
+QUIET_SECONDS = {"base": 332 - 103, "rl": 103}
 
 
 def _work(settings: ToySettings, stage: str) -> float:
@@ -343,7 +352,7 @@ def training_notice(settings: ToySettings, stages: list[str], root: Path) -> str
     """One line: what will be trained, why, for how long, and where it is cached."""
     what = {("base", "rl"): "SFT of the base model, then GRPO", ("base",): "SFT of the base model",
             ("rl",): "GRPO from the cached base model"}[tuple(stages)]  # fmt: skip
-    quiet = sum(QUIET_SECONDS[stage] * _work(settings, stage) for stage in stages)
+    quiet = sum(QUIET_SECONDS[stage] * _work(settings, stage) / _work(ToySettings(), stage) for stage in stages)
     past = [_past_seconds_per_work(root, stage) for stage in stages]
     here = ""
     if all(rate is not None for rate in past):
