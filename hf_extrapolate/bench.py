@@ -36,6 +36,7 @@ from .configuration import ExtrapolationConfig
 from .extrapolation import combine
 from .loading import quantization
 from .modeling import ExtrapolatedForCausalLM
+from .outputs import check_output_folder, output_folder
 from .processor import DeltaLogpExtrapolation, generate_arguments
 
 VARIANTS: dict[str, str] = {
@@ -391,6 +392,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda, but torch sees no CUDA GPU")
     if args.load_in_4bit and args.device != "cuda":
         raise ValueError("--load-in-4bit needs --device cuda (bitsandbytes)")
+    if args.out:  # before the measurements, which take minutes
+        check_output_folder(args.out, overwrite=args.overwrite)
     if args.quick:
         args.lengths, args.repeats = [(32, 64)], 1
     settings = dict(preset=args.model, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
@@ -403,12 +406,11 @@ def main(args: argparse.Namespace) -> int:
     text = markdown(rows, checks, info, command)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.md").write_text(text)
         report = {"command": command, "machine": info, "settings": settings, "variants": VARIANTS,
                   "results": rows, "targets": checks}  # fmt: skip
-        (out / "bench.json").write_text(json.dumps(report, indent=2))
+        with output_folder(args.out, overwrite=args.overwrite) as tmp:
+            (tmp / "bench.md").write_text(text)
+            (tmp / "bench.json").write_text(json.dumps(report, indent=2))
     return 0
 
 
@@ -431,6 +433,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds after which a no-cache run stops; its time is then a lower bound (120)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (torch's default)")
     p.add_argument("--out", help="folder for bench.md and bench.json")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.set_defaults(func=main)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # sub-command -> ("module" exposing `register(subparsers)`, or "module:function", one-line help);
 # a command's module is imported only when that command runs
@@ -20,7 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# optional dependency -> the extra of pyproject.toml that installs it (named in the error when it is missing)
+EXTRAS = {"lm_eval": "eval", "math_verify": "eval", "trl": "train", "datasets": "train", "gradio": "demo",
+          "bitsandbytes": "quant"}  # fmt: skip
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` (temporary folders) cleans up."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. Bad input (ValueError, OSError, a missing optional dependency): one line and exit 2;
+    Ctrl-C: exit 130, SIGTERM: exit 143, with what was already written kept and temporaries removed."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="hf-extrapolate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -31,14 +48,29 @@ def main(argv: list[str] | None = None) -> int:
             getattr(importlib.import_module(module), function or "register")(sub)
         else:  # `--help` lists every command without importing the heavy modules behind them
             sub.add_parser(name, help=help_text)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the sub-command's usage, not the top-level one
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, ImportError) as err:  # bad input: one clear line, no traceback
         if os.environ.get("HFX_DEBUG"):
             raise
-        print(f"hf-extrapolate {args.command}: error: {err}", file=sys.stderr)
+        extra = EXTRAS.get((getattr(err, "name", None) or "").partition(".")[0])
+        hint = f'; pip install "hf-extrapolate[{extra}]"' if extra and "pip install" not in str(err) else ""
+        print(f"hf-extrapolate {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        sys.stdout.flush()
+        print(f"hf-extrapolate {args.command}: {'terminated' if terminated else 'interrupted'}; "
+              "results already written are kept", file=sys.stderr)  # fmt: skip
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,16 @@ def settings_from_args(args: argparse.Namespace, temperature: float = 1.0, top_p
 
 
 def resolve_pair(args: argparse.Namespace) -> tuple[str, str]:
-    """``(rl, base)`` from ``--rl/--base``, or the toy pair (trained on first use) when both are omitted."""
+    """``(rl, base)`` from ``--rl/--base``, or the toy pair (trained on first use) when both are omitted.
+
+    The loading options are checked first, so that a typo (``--dtype float33``, ``--device-map cuda:7`` on a
+    machine without that GPU) fails at once, before the toy pair is trained or any weights are read.
+    """
+    from .loading import check_device_map, check_dtype
+
+    check_dtype(args.dtype, "--dtype")
+    check_device_map(args.device_map, "--device-map")
+    check_device_map(args.base_device_map, "--base-device-map")
     if args.rl and args.base:
         return args.rl, args.base
     if args.rl or args.base:

@@ -42,8 +42,12 @@ def quantization(
 
 
 def check_location(name_or_path: str, role: str) -> None:
-    """A local-looking path that does not exist is a typo, not a hub id: say so plainly."""
-    if str(name_or_path).startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+    """A file where a model folder is expected, or a local-looking path that does not exist (a typo, not a hub
+    id): say so plainly."""
+    path = os.path.expanduser(str(name_or_path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"the {role} model {name_or_path!r} is a file, not a model folder; give its folder")
+    if str(name_or_path).startswith(("/", ".", "~")) and not os.path.isdir(path):
         raise ValueError(f"the {role} model folder {name_or_path!r} does not exist")
 
 
@@ -51,6 +55,37 @@ def check_location(name_or_path: str, role: str) -> None:
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "token")
 # where a model loaded by `load_model` came from, ``(name_or_path, revision, subfolder)``: `save_pretrained` records it
 SOURCE_ATTR = "_hfx_source"
+
+
+def check_dtype(dtype: str | torch.dtype | None, option: str = "dtype") -> None:
+    """Refuse a ``dtype`` that is neither ``None``, ``"auto"``, a `torch.dtype` nor the name of one (``bfloat16``)."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return
+    name = str(dtype).removeprefix("torch.")
+    if not isinstance(getattr(torch, name, None), torch.dtype):
+        raise ValueError(f"{option} {dtype!r} is not a torch dtype; use auto, bfloat16, float16 or float32")
+
+
+def _cuda_index(device: Any) -> int | None:
+    """The CUDA device index that ``device`` (``cuda``, ``cuda:1``, ``1``, a `torch.device`) names, else None."""
+    if isinstance(device, int) or str(device).isdigit():
+        return int(device)
+    kind, _, index = str(device).partition(":")
+    return (int(index) if index.isdigit() else 0) if kind == "cuda" else None
+
+
+def check_device_map(device_map: str | int | dict | None, option: str = "device_map") -> None:
+    """Refuse CUDA devices this machine does not have (``cuda:7`` with 2 GPUs, ``cuda`` with none), in a device
+    map given as one device or as a ``{module: device}`` dict, before any weights are read."""
+    if device_map is None:
+        return
+    count = torch.cuda.device_count()
+    for device in device_map.values() if isinstance(device_map, dict) else [device_map]:
+        index = _cuda_index(device)
+        if index is not None and index >= count:
+            have = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
+            raise ValueError(f"{option} {device_map!r} needs CUDA device {index}, but torch sees {have}; "
+                             "use cpu or auto")  # fmt: skip
 
 
 def load_model(name_or_path: str, role: str, **kwargs: Any) -> PreTrainedModel:
@@ -109,6 +144,9 @@ def load_pair(
     base model in its own (no default from the other: they are different repositories). ``cache_dir``, ``token``,
     ``local_files_only``, ``force_download`` and ``proxies`` apply to both models and both tokenizers.
     """
+    check_dtype(dtype)
+    check_device_map(device_map)
+    check_device_map(base_device_map, "base_device_map")
     quant = quantization(load_in_4bit, load_in_8bit, quantization_config)
     if quant is not None and device_map is None:
         device_map = "auto"

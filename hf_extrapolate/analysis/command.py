@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..commands import add_pair_arguments, dry_run, load_from_args, resolve_pair
+from ..outputs import check_output_folder, output_folder
 from .experiment import (
     DEFAULT_SHARES,
     DIRECTIONS,
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_pair_arguments(p, settings=False)
     p.add_argument("--data", required=True, help="'toy', or a JSONL file with 'problem' and 'answer' on each line")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.add_argument("--n-problems", type=int, default=64, help="number of problems (default 64)")
     p.add_argument("--samples", type=int, default=4, help="responses per problem and run (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
@@ -165,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     problems, grader, prompt = load_data(args.data, args.n_problems, args.seed, args.grader)
     if args.dry_run:
         return dry_run(args, tokens=args.max_new_tokens)
+    check_output_folder(args.out, overwrite=args.overwrite)  # before the toy training and sampling (hours)
     args.rl, args.base = resolve_pair(args)
     rl_model, base_model, tokenizer = load_from_args(args)
     sampling = Sampling(
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         rl_model, base_model, tokenizer, problems, grader, prompt, sampling,
         metrics=metrics, shares=shares, directions=directions,
     )  # fmt: skip
-    paths = write_report(result, Path(args.out), command_line(args))
+    with output_folder(args.out, overwrite=args.overwrite) as tmp:
+        paths = [Path(args.out) / p.name for p in write_report(result, tmp, command_line(args))]
     ref = result["reference"]
     print(f"accuracy: base {ref['base']['accuracy']:.3f}, RL {ref['rl']['accuracy']:.3f}")
     for direction, shares in recovery_shares(result).items():

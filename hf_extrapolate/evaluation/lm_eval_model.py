@@ -24,6 +24,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 from lm_eval.models.utils_hf import get_dtype
 
+from hf_extrapolate.loading import check_device_map, check_dtype
+
 # settings forwarded to ExtrapolatedForCausalLM when given in --model_args
 EXTRAPOLATION_ARGS = ("gamma", "select", "threshold", "weights", "proposer", "candidate_top_k")
 # HFLM loading options that a pair of models loaded by `load_pair` cannot honour
@@ -65,6 +67,9 @@ class ExtrapolatedHFLM(HFLM):
             raise ValueError("--model hfx takes rl= and base=, not pretrained= (use --model hf for one model)")
         if sampling := {"temperature", "top_p"} & set(kwargs):
             raise ValueError(f"set {', '.join(sorted(sampling))} in the task or with --gen_kwargs, not --model_args")
+        check_dtype(kwargs.get("dtype"), "--model_args dtype")  # before HFLM starts (lm-eval: a traceback)
+        check_device_map(kwargs.get("device_map"), "--model_args device_map")
+        check_device_map(base_device_map, "--model_args base_device_map")
         self._settings = {name: kwargs.pop(name) for name in EXTRAPOLATION_ARGS if name in kwargs}
         if self._settings.get("weights") is not None:
             self._settings["weights"] = parse_weights(self._settings["weights"])
@@ -99,10 +104,16 @@ class ExtrapolatedHFLM(HFLM):
         device_map = kwargs.pop("device_map", None)
         if device_map is None:  # one device per process, as HFLM places its model; "auto" only when asked
             device_map = "auto" if self._auto_map else {"": str(self.device)}
-        rl_model, base_model, tokenizer = load_pair(
-            pretrained, self._base, dtype=get_dtype(dtype), device_map=device_map,
-            trust_remote_code=bool(trust_remote_code), **self._pair_args, **kwargs,
-        )  # fmt: skip
+        try:
+            rl_model, base_model, tokenizer = load_pair(
+                pretrained, self._base, dtype=get_dtype(dtype), device_map=device_map,
+                trust_remote_code=bool(trust_remote_code), **self._pair_args, **kwargs,
+            )  # fmt: skip
+        except TypeError as err:  # an unknown --model_args entry reaches the model's __init__ through from_pretrained
+            raise ValueError(
+                f"--model_args: {err}; hfx takes rl=, base=, {', '.join(EXTRAPOLATION_ARGS)}, base_device_map, "
+                "load_in_4bit, load_in_8bit, and HFLM's and from_pretrained's own arguments"
+            ) from err
         self._model = ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **self._settings)
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def __getattr__(name: str) -> Any:  # `pair_paths` imports torch and TRL, so only load it when asked for
+def __getattr__(name: str) -> Any:  # `pair_paths` imports torch and transformers: only load it when asked for
     if name == "pair_paths":
         from hf_extrapolate.toy.train import pair_paths
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_extrapolate.outputs import check_output_folder, output_folder
 from hf_extrapolate.toy.evaluate import accuracy, generate, mean_ci
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_problems < 1 or args.samples < 2:
         raise ValueError("--n-problems must be >= 1 and --samples >= 2 (avg@k needs several samples)")
+    check_output_folder(args.out, overwrite=args.overwrite)  # before the minutes of training and decoding
     start = time.time()
     rl_dir, base_dir = pair_paths(seed=args.seed)
     rl, base, tokenizer = load_pair(str(rl_dir), str(base_dir), dtype="float32")
@@ -116,13 +118,13 @@ def run(args: argparse.Namespace) -> int:
     for m in ms:
         evaluate(m, models, tokenizer, problems, args.samples, args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     text = table(ms, args.samples)
     report = {"rl": str(rl_dir), "base": str(base_dir), "problems": len(problems), "samples": args.samples,
               "seed": args.seed, "seconds": round(time.time() - start, 1), "table": text,
               "methods": [{"name": m.name, "settings": m.settings, **m.results} for m in ms]}  # fmt: skip
-    (out / "quickstart.json").write_text(json.dumps(report, indent=2))
-    plot(ms, out / "accuracy_vs_gamma.png", args.samples)
+    with output_folder(out, overwrite=args.overwrite) as tmp:
+        (tmp / "quickstart.json").write_text(json.dumps(report, indent=2))
+        plot(ms, tmp / "accuracy_vs_gamma.png", args.samples)
     print(f"\nToy pair ({rl_dir.name}), {len(problems)} held-out problems, 95% CIs over problems:\n\n{text}\n")
     print(f"wrote {out / 'quickstart.json'} and {out / 'accuracy_vs_gamma.png'} in {report['seconds']:.0f} s")
     return 0
@@ -134,4 +136,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-problems", type=int, default=100, help="held-out problems")
     p.add_argument("--samples", type=int, default=4, help="samples per problem for avg@k")
     p.add_argument("--out", default="quickstart", help="folder for quickstart.json and accuracy_vs_gamma.png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.set_defaults(func=run)

@@ -1,34 +1,44 @@
 """Train the toy pair: a small Llama base model by SFT on imperfect demonstrations, then GRPO from it.
 
 Both models are cached as ordinary `save_pretrained` folders under `cache_dir()`, keyed by a hash of every
-setting that shapes them; the base model is shared by all RL runs with the same base settings.
+setting that shapes them; the base model is shared by all RL runs with the same base settings. A folder is built
+in a temporary sibling under a file lock (a second process training the same model waits, then reuses it), and
+the sha256 of each of its files, recorded in its `toy_settings.json`, is checked whenever it is reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import random
 import resource
 import shutil
+import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from filelock import FileLock, Timeout
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
-from trl import GRPOConfig, SFTConfig, SFTTrainer
 
 from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
 from hf_extrapolate.toy.tokenizer import EOS, IM_END, build_tokenizer
-from hf_extrapolate.training import REWEIGHTS, DirectionalGRPOTrainer
 
 TOY_TOKENS = ("user", "assistant", "Compute ", PROMPT_SUFFIX, "\\boxed{")  # whole strings matched as one token
 PIPELINE_VERSION = 1  # part of every cache key: bump it when a change to this file changes the models
+SETTINGS_FILE = "toy_settings.json"
+POSITIVE_FIELDS = (
+    "hidden_size", "num_layers", "num_heads", "sft_problems", "sft_lr", "sft_batch_size", "grpo_steps",
+    "grpo_prompts", "num_generations", "grpo_lr",
+)  # fmt: skip
 BASE_FIELDS = (
     "seed", "hidden_size", "num_layers", "num_heads", "sft_problems", "slip_rate", "nine_rate", "sft_lr",
     "sft_batch_size",
@@ -59,8 +69,17 @@ class ToySettings:
     reweight_c: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.reweight is not None and self.reweight not in REWEIGHTS:
-            raise ValueError(f"reweight must be one of {REWEIGHTS} or None, got {self.reweight!r}")
+        for name in POSITIVE_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("slip_rate", "nine_rate", "reweight_c"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.reweight is not None:  # (training imports TRL, which reusing a cached plain pair does not need)
+            from hf_extrapolate.training import REWEIGHTS
+
+            if self.reweight not in REWEIGHTS:
+                raise ValueError(f"reweight must be one of {REWEIGHTS} or None, got {self.reweight!r}")
 
     def key(self, fields: tuple[str, ...] | None = None) -> str:
         """A short hash of the chosen fields (all fields by default)."""
@@ -131,8 +150,15 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a saved model folder but `toy_settings.json`, which records them."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != SETTINGS_FILE)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToySettings, start: tuple) -> None:
-    """Save model and tokenizer, with the settings and the wall-clock and CPU seconds since `start`."""
+    """Save model and tokenizer, with the settings, the wall-clock and CPU seconds since `start`, and the files'
+    sha256 (checked on reuse)."""
     trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "trainer", ignore_errors=True)
@@ -141,12 +167,16 @@ def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToyS
         "pipeline_version": PIPELINE_VERSION,
         "train_seconds": round(time.perf_counter() - start[0], 1),
         "cpu_seconds": round(_cpu_seconds() - start[1], 1),
+        "sha256": _digests(out),
     }
-    (out / "toy_settings.json").write_text(json.dumps(info, indent=2))
+    (out / SETTINGS_FILE).write_text(json.dumps(info, indent=2))
 
 
 def train_base(settings: ToySettings, out: Path) -> None:
     """SFT a fresh model on noisy worked solutions of `settings.sft_problems` train problems (+ `<|im_end|>`)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
     start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     rng = random.Random(f"slips/{settings.seed}")
@@ -185,6 +215,11 @@ def _correctness(completions: list[str], answer: list[str], **_) -> list[float]:
 
 def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     """GRPO (optionally reweighted along the RLVR direction) from the base model in `base`."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from hf_extrapolate.training import DirectionalGRPOTrainer
+
     start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     batch = settings.grpo_prompts * settings.num_generations
@@ -216,31 +251,144 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     _save(trainer, tokenizer, out, settings, start)
 
 
-def _build_once(target: Path, build) -> Path:
-    """Run `build(tmp_dir)` unless `target` exists, then move the result into place atomically."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+def check_cached(folder: Path) -> str | None:
+    """Why the cached model `folder` cannot be reused (missing, or a file that does not match its recorded
+    sha256), or None when it can. A folder from before sha256 was recorded passes if its weights load."""
+    if not folder.is_dir():
+        return "not cached"
     try:
-        build(tmp)
+        info = json.loads((folder / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{SETTINGS_FILE} is missing or unreadable"
+    recorded = info.get("sha256")
+    if recorded is None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         try:
+            load_file(folder / "model.safetensors")
+        except (OSError, SafetensorError) as err:
+            return f"model.safetensors cannot be read ({err})"
+        return None
+    found = _digests(folder)
+    bad = [name for name, digest in recorded.items() if found.get(name) != digest]
+    return f"{', '.join(bad)} {'do' if len(bad) > 1 else 'does'} not match the recorded sha256" if bad else None
+
+
+def _build_once(target: Path, build: Callable[[Path], None], announce: Callable[[], None] = lambda: None) -> Path:
+    """Reuse `target` if `check_cached` passes; else `announce()`, run `build(tmp_dir)` and rename it into place.
+
+    Building runs under a file lock beside `target`: a second process asking for the same folder waits for the
+    first, then reuses its result; temporaries left by killed runs (which no longer hold the lock) are removed; a
+    damaged folder is trained again, with a one-line notice. Reusing a sound folder waits for no lock.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.parent / f".{target.name}.lock")
+
+    def remove_temporaries() -> None:  # only while holding the lock: then no live process writes them
+        for stale in target.parent.glob(f"{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    if check_cached(target) is None:
+        with contextlib.suppress(Timeout, OSError), lock.acquire(timeout=0):  # (OSError: a read-only cache)
+            remove_temporaries()
+        return target
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"hf-extrapolate: another process is training {target}; waiting for it", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        remove_temporaries()
+        problem = check_cached(target)
+        if problem is None:
+            return target
+        if target.exists():
+            print(f"hf-extrapolate: the cached {target} is damaged ({problem}); training it again", file=sys.stderr)
+            shutil.rmtree(target)
+        announce()
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        try:
+            build(tmp)
             tmp.rename(target)
-        except OSError:  # another process finished the same pair first: keep theirs
-            if not (target / "config.json").exists():
-                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     return target
+
+
+# Each stage with the default settings on a quiet 2-core machine: `time hf-extrapolate train-toy --seed 2` took
+# 5 min 32 s, of which GRPO 103 s (docs/RESULTS.md)
+QUIET_SECONDS = {"base": 332 - 103, "rl": 103}
+
+
+def _work(settings: ToySettings, stage: str) -> float:
+    """SFT problems or GRPO rollouts, scaled by the model's size (hidden² × layers) relative to the default."""
+    default = ToySettings()
+    size = settings.hidden_size**2 * settings.num_layers / (default.hidden_size**2 * default.num_layers)
+    if stage == "base":
+        return settings.sft_problems * size
+    return settings.grpo_steps * settings.grpo_prompts * settings.num_generations * size
+
+
+def _past_seconds_per_work(root: Path, stage: str) -> float | None:
+    """Median seconds per unit of `_work` of the runs cached in `root` (what this machine took), if any."""
+    rates = []
+    for path in root.glob(f"toy-{stage}-*/{SETTINGS_FILE}"):
+        try:
+            info = json.loads(path.read_text())
+            rates.append(info["train_seconds"] / _work(ToySettings(**info["settings"]), stage))
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+    return statistics.median(rates) if rates else None
+
+
+def _minutes(seconds: float) -> str:
+    return "under a minute" if seconds < 60 else f"~{seconds / 60:.0f} min"
+
+
+def training_notice(settings: ToySettings, stages: list[str], root: Path) -> str:
+    """One line: what will be trained, why, for how long, and where it is cached."""
+    what = {("base", "rl"): "SFT of the base model, then GRPO", ("base",): "SFT of the base model",
+            ("rl",): "GRPO from the cached base model"}[tuple(stages)]  # fmt: skip
+    quiet = sum(QUIET_SECONDS[stage] * _work(settings, stage) / _work(ToySettings(), stage) for stage in stages)
+    past = [_past_seconds_per_work(root, stage) for stage in stages]
+    here = ""
+    if all(rate is not None for rate in past):
+        seconds = sum(rate * _work(settings, stage) for rate, stage in zip(past, stages))
+        here = f"; {_minutes(seconds)} judging by the runs cached here"
+    return (f"hf-extrapolate: no cached toy pair for these settings (seed {settings.seed}): training it ({what}), "
+            f"{_minutes(quiet)} on a quiet 2-core machine{here}; cached in {root}")  # fmt: skip
+
+
+def _require_training_extra() -> None:
+    try:
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f'training the toy pair needs {err.name or "trl and datasets"}: pip install "hf-extrapolate[train]"'
+        ) from None
 
 
 def pair_paths(seed: int = 0, *, root: Path | None = None, **overrides) -> tuple[Path, Path]:
     """(rl_dir, base_dir) of the toy pair for these settings, training whichever is not cached yet.
 
-    `overrides` are `ToySettings` fields, e.g. `reweight="direction", reweight_c=0.2`.
+    `overrides` are `ToySettings` fields, e.g. `reweight="direction", reweight_c=0.2`. Before any training, one
+    line on stderr says what is trained, about how long it takes, and where it is cached.
     """
     settings = ToySettings(seed=seed, **overrides)
     root = cache_dir() if root is None else Path(root)
-    base = _build_once(root / f"toy-base-{settings.key(BASE_FIELDS)}", lambda d: train_base(settings, d))
-    rl = _build_once(root / f"toy-rl-{settings.key()}", lambda d: train_rl(settings, base, d))
+    base, rl = root / f"toy-base-{settings.key(BASE_FIELDS)}", root / f"toy-rl-{settings.key()}"
+
+    def stages() -> list[str]:
+        return [stage for stage, folder in (("base", base), ("rl", rl)) if check_cached(folder) is not None]
+
+    if stages():
+        _require_training_extra()
+    # printed once, by whichever build actually starts (none, if another process trained the pair meanwhile)
+    announce = functools.cache(lambda: print(training_notice(settings, stages(), root), file=sys.stderr, flush=True))
+    _build_once(base, lambda d: train_base(settings, d), announce)
+    _build_once(rl, lambda d: train_rl(settings, base, d), announce)
     return rl, base
