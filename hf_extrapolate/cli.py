@@ -7,6 +7,8 @@ import importlib
 import os
 import sys
 
+from hf_extrapolate.extras import MissingExtraError
+
 # sub-command -> ("module" exposing `register(subparsers)`, or "module:function", one-line help);
 # a command's module is imported only when that command runs
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -14,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("hf_extrapolate.commands:register_generate", "generate from an extrapolated pair, streamed"),
     "export": ("hf_extrapolate.commands:register_export", "write a pair folder for AutoModelForCausalLM / lm_eval"),
     "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
+    "tasks-path": ("hf_extrapolate.evaluation.command:register_tasks_path", "print the hfx_* task folder (lm_eval)"),
     "analyze": ("hf_extrapolate.analysis.command", "Δlog p vs entropy and KL on a model pair, and token replacement"),
     "train-toy": ("hf_extrapolate.toy.command", "train (or reuse) the toy base/RLVR pair"),
     "bench": ("hf_extrapolate.bench", "decoding speed and peak memory of extrapolation against the RL model alone"),
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, MissingExtraError) as err:  # bad input or a missing extra: one line
         if os.environ.get("HFX_DEBUG"):
             raise
         print(f"hf-extrapolate {args.command}: error: {err}", file=sys.stderr)
