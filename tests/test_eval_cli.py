@@ -3,6 +3,7 @@ on an exported folder (all offline, on tiny local models)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -43,12 +44,13 @@ def greedy(lm: HFLM, prompts: tuple[str, ...] = PROMPTS) -> list[str]:
     return lm.generate_until(requests, disable_tqdm=True)
 
 
-def test_include_paths_put_the_task_folder_first() -> None:
+def test_include_paths_put_the_task_folder_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
     ours = str(TASKS_DIR)
     assert command.tasks_dir() == TASKS_DIR  # the editable install maps eval_tasks/ to hf_extrapolate.eval_tasks
     assert command.include_paths(None) == [ours]
     assert command.include_paths(os.pathsep.join(["mine", "", "theirs"])) == [ours, "mine", "theirs"]
-    assert command.include_paths(["mine", ours, "eval_tasks"]) == [ours, "mine"]  # no folder twice (cwd = ROOT)
+    assert command.include_paths(["mine", ours, "eval_tasks"]) == [ours, "mine"]  # no folder twice
 
 
 @pytest.fixture
@@ -79,6 +81,16 @@ def test_eval_command_keeps_the_include_path_of_a_config_file(executed: list, tm
     assert executed[0].include_path == [str(TASKS_DIR), "mine"]
     assert main(["eval", "ls", "tasks"]) == 0  # `ls` and `validate` search the task folder too
     assert executed[1].include_path == [str(TASKS_DIR)]
+
+
+def test_eval_without_the_extra_says_what_to_install(monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "math_verify" else find_spec(name))
+    assert main(["eval", "--tasks", "hfx_toy_arith"]) == 2
+    assert capsys.readouterr().err == (
+        "hf-extrapolate eval: error: this needs math_verify, which is not installed: "
+        'pip install "hf-extrapolate[eval]"\n'
+    )
 
 
 def test_tasks_path_prints_the_task_folder(capsys: pytest.CaptureFixture) -> None:

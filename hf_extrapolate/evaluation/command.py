@@ -61,7 +61,7 @@ def register_tasks_path(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Register ``hfx`` with lm-eval, parse the arguments with lm-eval's parser, add the task folder, run."""
-    require_extra("eval", "lm_eval", "datasets", "math_verify", feature="hf-extrapolate eval")
+    require_extra("eval", "lm_eval", "datasets", "math_verify")
     import lm_eval.models  # noqa: F401  (fills lm-eval's model registry; it is only filled lazily while empty)
     from lm_eval._cli import HarnessCLI
     from lm_eval.config.evaluate_config import EvaluatorConfig
