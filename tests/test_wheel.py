@@ -114,5 +114,7 @@ def test_installed_wheel_outside_the_checkout(pair_dir: Path, tmp_path: Path) ->
     stock_args = ["--model_args", f"pretrained={exported},trust_remote_code=True", "--tasks", "hfx_toy_arith"]
     stock = _run([str(bin_dir / "lm_eval"), "--model", "hf", *stock_args, "--include_path", tasks_path, "--limit", "4"],
                  outside, env)  # fmt: skip
-    print(_result_row(own, "hfx_toy_arith"), _result_row(stock, "hfx_toy_arith"), sep="\n")
+    for proc in (own, stock):  # the result tables, for the log (pytest -s)
+        _result_row(proc, "hfx_toy_arith")
+        print("\n".join(line for line in proc.stdout.splitlines() if line.startswith(("|", "hf", "lm_eval"))))
     assert "All tasks found and valid" in _run([hfx, "eval", "validate", "--tasks", "hfx"], outside, env).stdout
