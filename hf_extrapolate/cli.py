@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 
+from hf_extrapolate.extras import EXTRAS
+
 # sub-command -> ("module" exposing `register(subparsers)`, or "module:function", one-line help);
 # a command's module is imported only when that command runs
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -16,15 +18,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("hf_extrapolate.commands:register_generate", "generate from an extrapolated pair, streamed"),
     "export": ("hf_extrapolate.commands:register_export", "write a pair folder for AutoModelForCausalLM / lm_eval"),
     "eval": ("hf_extrapolate.evaluation.command", "run lm-evaluation-harness with the hfx model type and hfx_* tasks"),
+    "tasks-path": ("hf_extrapolate.evaluation.command:register_tasks_path", "print the hfx_* task folder (lm_eval)"),
     "analyze": ("hf_extrapolate.analysis.command", "Δlog p vs entropy and KL on a model pair, and token replacement"),
     "train-toy": ("hf_extrapolate.toy.command", "train (or reuse) the toy base/RLVR pair"),
     "bench": ("hf_extrapolate.bench", "decoding speed and peak memory of extrapolation against the RL model alone"),
 }
 
 
-# optional dependency -> the extra of pyproject.toml that installs it (named in the error when it is missing)
-EXTRAS = {"lm_eval": "eval", "math_verify": "eval", "trl": "train", "datasets": "train", "gradio": "demo",
-          "bitsandbytes": "quant"}  # fmt: skip
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, ImportError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, ImportError) as err:  # bad input or a missing extra: one line, no traceback
         if os.environ.get("HFX_DEBUG"):
             raise
         extra = EXTRAS.get((getattr(err, "name", None) or "").partition(".")[0])

@@ -3,6 +3,7 @@ on an exported folder (all offline, on tiny local models)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,21 +45,60 @@ def greedy(lm: HFLM, prompts: tuple[str, ...] = PROMPTS) -> list[str]:
     return lm.generate_until(requests, disable_tqdm=True)
 
 
-def test_with_task_dir_adds_the_project_tasks_once() -> None:
-    assert command.with_task_dir(["run", "--tasks", "x"]) == ["run", "--tasks", "x", "--include_path", str(TASKS_DIR)]
-    assert command.with_task_dir(["ls", "tasks", "--include_path", "mine"]) == ["ls", "tasks", "--include_path", "mine"]
-    assert command.with_task_dir(["--help"]) == ["--help"]
-    assert command.with_task_dir([]) == []
+def test_include_paths_put_the_task_folder_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    ours = str(TASKS_DIR)
+    assert command.tasks_dir() == TASKS_DIR  # the editable install maps eval_tasks/ to hf_extrapolate.eval_tasks
+    assert command.include_paths(None) == [ours]
+    assert command.include_paths(os.pathsep.join(["mine", "", "theirs"])) == [ours, "mine", "theirs"]
+    assert command.include_paths(["mine", ours, "eval_tasks"]) == [ours, "mine"]  # no folder twice
 
 
-def test_eval_command_hands_every_argument_to_lm_eval(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-    monkeypatch.setattr("lm_eval.__main__.cli_evaluate", lambda: seen.append(list(sys.argv)))
-    args = ["--model", "hfx", "--model_args", "rl=a,base=b,threshold=-0.3", "--tasks", "hfx_aime24", "-h"]
-    assert main(["eval", *args]) == 0
-    assert seen == [["lm-eval", *args]]
+@pytest.fixture
+def executed(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The namespaces that `hf-extrapolate eval` hands to lm-eval's command line (which then does nothing)."""
+    seen: list = []
+    monkeypatch.setattr("lm_eval._cli.HarnessCLI.execute", lambda self, namespace: seen.append(namespace))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command sets sys.argv for lm-eval's parser
+    return seen
+
+
+@pytest.mark.parametrize("given", [[], ["--include_path", "mine"], ["--include_path=mine"]])
+def test_eval_command_hands_every_argument_to_lm_eval(given: list, executed: list, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    args = ["--model", "hfx", "--model_args", "rl=a,base=b,threshold=-0.3", "--tasks", "hfx_aime24", "--limit", "3"]
+    assert main(["eval", *args, *given]) == 0
+    (namespace,) = executed
+    assert (namespace.command, namespace.model, namespace.tasks, namespace.limit) == ("run", "hfx", ["hfx_aime24"], 3.0)
+    assert namespace.include_path == [str(TASKS_DIR), *(["mine"] if given else [])]
     assert get_model("hfx") is ExtrapolatedHFLM
     assert get_model("hf").__name__ == "HFLM"  # registering hfx did not hide lm-eval's own models
+
+
+def test_eval_command_keeps_the_include_path_of_a_config_file(executed: list, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: hfx\ntasks: hfx_toy_arith\ninclude_path: mine\n")
+    assert main(["eval", "run", "--config", str(config)]) == 0
+    assert executed[0].include_path == [str(TASKS_DIR), "mine"]
+    assert main(["eval", "ls", "tasks"]) == 0  # `ls` and `validate` search the task folder too
+    assert executed[1].include_path == [str(TASKS_DIR)]
+
+
+def test_eval_without_the_extra_says_what_to_install(monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "math_verify" else find_spec(name))
+    assert main(["eval", "--tasks", "hfx_toy_arith"]) == 2
+    assert capsys.readouterr().err == (
+        "hf-extrapolate eval: error: this needs math_verify, which is not installed: "
+        'pip install "hf-extrapolate[eval]"\n'
+    )
+
+
+def test_tasks_path_prints_the_task_folder(capsys: pytest.CaptureFixture) -> None:
+    assert main(["tasks-path"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert folder == TASKS_DIR and (folder / "hfx_toy_arith.yaml").is_file()
+    assert (folder / "data" / "toy_arith_test.jsonl").is_file()
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,8 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 def test_every_task_is_indexed(manager: TaskManager) -> None:
     assert set(BENCHMARKS + VARIANTS + GROUPS) <= set(manager.all_tasks)
     assert set(manager.all_groups) == set(GROUPS)
-    assert all(name.startswith("hfx_") for name in manager.all_tasks)  # never shadows a built-in task
+    assert manager.all_tags == ["hfx"]  # the tag `--tasks hfx` (every task with a file of its own)
+    assert all(name.startswith("hfx_") for name in manager.all_subtasks + manager.all_groups)  # no built-in shadowed
 
 
 @pytest.mark.parametrize("name", BENCHMARKS + VARIANTS)

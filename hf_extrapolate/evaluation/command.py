@@ -1,17 +1,43 @@
 """``hf-extrapolate eval``: lm-eval's own command line, with the ``hfx`` model type and the ``hfx_*`` tasks available.
 
-Every argument after ``eval`` goes to lm-eval unchanged (``hf-extrapolate eval --help`` prints lm-eval's help).
-When no ``--include_path`` is given and the project's ``eval_tasks/`` folder exists beside the package (a source
-checkout or editable install), it is added so that the ``hfx_*`` tasks are found.
+Every argument after ``eval`` goes to lm-eval unchanged (``hf-extrapolate eval --help`` prints lm-eval's help),
+except that the folder of the ``hfx_*`` task YAMLs is always searched, before any ``--include_path`` of yours
+(so a task of yours with the same name wins). ``hf-extrapolate tasks-path`` prints that folder, for the stock
+``lm_eval --include_path "$(hf-extrapolate tasks-path)"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+import os
 import sys
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
+from hf_extrapolate.extras import require_extra
+
+
+def tasks_dir() -> Path:
+    """The installed folder of the task YAMLs and their data: package ``hf_extrapolate.eval_tasks``, which the
+    build maps from the repository's top-level ``eval_tasks/`` (so wheel and editable installs both have it)."""
+    try:
+        folder = importlib.resources.files("hf_extrapolate.eval_tasks")
+    except ModuleNotFoundError as err:  # e.g. an editable install made before eval_tasks/ was mapped
+        raise OSError("package hf_extrapolate.eval_tasks is not installed; reinstall hf-extrapolate") from err
+    if not isinstance(folder, Path):  # imported from a zip file: lm-eval reads task folders from disk only
+        raise OSError(f"the hfx task files are not in a folder on disk ({folder}); install hf-extrapolate with pip")
+    return folder
+
+
+def include_paths(given: str | list[str] | None) -> list[str]:
+    """The task folder, then the folders of `given` (lm-eval lets later folders override earlier ones).
+
+    lm-eval 0.4.13's ``--include_path`` is one string and its ``TaskManager`` takes a list; a string here may
+    hold several folders joined by ``os.pathsep`` (``DIR1:DIR2``), as lm-eval's own help describes.
+    """
+    theirs = given.split(os.pathsep) if isinstance(given, str) else list(given or ())
+    ours = tasks_dir()
+    return [str(ours), *(str(path) for path in theirs if path and Path(path).resolve() != ours.resolve())]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,20 +53,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def with_task_dir(argv: list[str]) -> list[str]:
-    """`argv` plus ``--include_path <checkout>/eval_tasks`` unless it asks for help or names an include path."""
-    if not argv or {"-h", "--help", "--include_path"} & set(argv) or not TASKS_DIR.is_dir():
-        return argv
-    return [*argv, "--include_path", str(TASKS_DIR)]
+def register_tasks_path(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``tasks-path``: print the task folder (imports neither lm-eval nor datasets)."""
+    parser = subparsers.add_parser("tasks-path", help="print the folder of the hfx_* task YAMLs, for lm_eval")
+    parser.set_defaults(func=lambda _: print(tasks_dir()))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Register ``hfx`` with lm-eval, then hand the arguments to lm-eval's command line."""
+    """Register ``hfx`` with lm-eval, parse the arguments with lm-eval's parser, add the task folder, run."""
+    require_extra("eval", "lm_eval", "datasets", "math_verify")
     import lm_eval.models  # noqa: F401  (fills lm-eval's model registry; it is only filled lazily while empty)
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+    from lm_eval.utils import setup_logging
 
     from hf_extrapolate.evaluation import lm_eval_model  # noqa: F401  (registers --model hfx)
 
-    sys.argv = ["lm-eval", *with_task_dir(args.lm_eval_args)]
-    cli_evaluate()
+    setup_logging()
+    sys.argv = ["lm-eval", *args.lm_eval_args]
+    cli = HarnessCLI()
+    namespace = cli.parse_args()  # both `--include_path DIR` and `--include_path=DIR`; exits on --help
+    if hasattr(namespace, "include_path"):  # `run`, `ls` and `validate`
+        given = namespace.include_path
+        if given is None and getattr(namespace, "config", None):  # `run --config FILE.yaml` may name folders
+            given = EvaluatorConfig.load_yaml_config(namespace.config).get("include_path")
+        namespace.include_path = include_paths(given)
+    cli.execute(namespace)
     return 0

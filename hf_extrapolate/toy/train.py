@@ -29,6 +29,7 @@ import torch
 from filelock import FileLock, Timeout
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from hf_extrapolate.extras import require_extra
 from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
 from hf_extrapolate.toy.tokenizer import EOS, IM_END, build_tokenizer
 
@@ -362,16 +363,6 @@ def training_notice(settings: ToySettings, stages: list[str], root: Path) -> str
             f"{_minutes(quiet)} on a quiet 2-core machine{here}; cached in {root}")  # fmt: skip
 
 
-def _require_training_extra() -> None:
-    try:
-        import datasets  # noqa: F401
-        import trl  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            f'training the toy pair needs {err.name or "trl and datasets"}: pip install "hf-extrapolate[train]"'
-        ) from None
-
-
 def pair_paths(seed: int = 0, *, root: Path | None = None, **overrides) -> tuple[Path, Path]:
     """(rl_dir, base_dir) of the toy pair for these settings, training whichever is not cached yet.
 
@@ -386,7 +377,7 @@ def pair_paths(seed: int = 0, *, root: Path | None = None, **overrides) -> tuple
         return [stage for stage, folder in (("base", base), ("rl", rl)) if check_cached(folder) is not None]
 
     if stages():
-        _require_training_extra()
+        require_extra("train", "trl", "datasets", feature="training the toy pair")
     # printed once, by whichever build actually starts (none, if another process trained the pair meanwhile)
     announce = functools.cache(lambda: print(training_notice(settings, stages(), root), file=sys.stderr, flush=True))
     _build_once(base, lambda d: train_base(settings, d), announce)
