@@ -31,7 +31,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser, *, settings: bool = True
     ex.add_argument("--select", choices=CRITERIA, help="selective mode: the criterion that flags a proposal")
     ex.add_argument("--threshold", type=float, help="τ for --select (e.g. -0.3 for delta_logp)")
     ex.add_argument("--proposer", choices=("base", "rl"), default="base", help="who proposes in selective mode")
-    ex.add_argument("--candidate-top-k", type=int, help="reference-code approximation: π_X on the top-k only")
+    ex.add_argument("--candidate-top-k", type=int, help="reference-code lists: top-k plus own sample")
 
 
 def settings_from_args(args: argparse.Namespace, temperature: float = 1.0, top_p: float = 1.0) -> ExtrapolationConfig:

@@ -42,7 +42,7 @@ def _number(name: str, value: Any, *, low: float = -math.inf, high: float = math
 
 @dataclass(frozen=True)
 class ExtrapolationConfig:
-    """Settings of Δlog p extrapolation (PAPER.md §2).
+    """Settings of Δlog p extrapolation (docs/PAPER.md §2).
 
     Full mode (``select=None``): ``log π_X = log_softmax(w_rl · log π_RL + w_base · log π_base)`` with
     ``(w_base, w_rl) = (−γ, 1 + γ)`` unless ``weights`` is given; γ = 0 is exactly the RL model.

@@ -1,4 +1,4 @@
-"""The math of Δlog p extrapolation, on tensors of next-token scores (PAPER.md §2). No models here.
+"""The math of Δlog p extrapolation, on tensors of next-token scores (docs/PAPER.md §2). No models here.
 
 Every function works on the last dimension (the vocabulary) and accepts any leading shape. Inputs may be
 raw logits or log-probabilities of any float dtype (float16 and bfloat16 are upcast first); all arithmetic is

@@ -183,7 +183,7 @@ def reference_top_p(p: list[float], top_p: float) -> list[float]:
 
 
 def reference_selective(rl_logits, base_logits, gamma, tau, temperature, top_p):
-    """Closed form of the two-stage sampler with plain Python floats, written from PAPER.md §2."""
+    """Closed form of the two-stage sampler with plain Python floats, written from docs/PAPER.md §2."""
     lse = lambda xs: math.log(sum(math.exp(v) for v in xs))  # noqa: E731
     lr = [v - lse(rl_logits) for v in rl_logits]
     lb = [v - lse(base_logits) for v in base_logits]

@@ -1,4 +1,4 @@
-"""Identification (PAPER.md §1): per-token Δlog p, entropy and KL of a model pair, and token replacement."""
+"""Identification (docs/PAPER.md §1): per-token Δlog p, entropy and KL of a model pair, and token replacement."""
 
 from .experiment import (
     DIRECTIONS,

@@ -1,4 +1,4 @@
-"""The identification experiments of PAPER.md §1 on a problem set: metric distributions and token replacement.
+"""The identification experiments of docs/PAPER.md §1 on a problem set: metric distributions and token replacement.
 
 Token replacement runs the core's selective mode through `DeltaLogpExtrapolation`: in the *forward*
 direction the base model proposes every token and, where the metric flags it, the token is resampled from

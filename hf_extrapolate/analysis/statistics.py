@@ -1,4 +1,4 @@
-"""Per-token statistics of an RL/base pair on given sequences (PAPER.md §1), and sampling the sequences.
+"""Per-token statistics of an RL/base pair on given sequences (docs/PAPER.md §1), and sampling the sequences.
 
 Everything is teacher-forced and batched: both models read the whole sequences once, with position ids
 built from the attention mask, so left- and right-padded batches give the per-row values. The models'

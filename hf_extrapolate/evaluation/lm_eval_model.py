@@ -9,7 +9,7 @@ Everything else is `HFLM`'s: batching, chat templates, generation, and data para
 ``accelerate launch`` (each process loads both models on its own device).
 
 Sampling settings come from the task (or ``--gen_kwargs``), never from ``--model_args``. In selective mode the
-wrapper itself applies temperature and top-p to the proposer and to π_X (PAPER.md §2), so for each generation
+wrapper itself applies temperature and top-p to the proposer and to π_X (docs/PAPER.md §2), so for each generation
 call they are moved from `generate` into the wrapper, and `generate` samples the resulting distribution as is.
 """
 
@@ -126,7 +126,7 @@ class ExtrapolatedHFLM(HFLM):
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any):
         """Generate. The wrapper's `generate` applies the task's settings once: in selective mode its temperature
-        and top-p become the extrapolation's (PAPER.md §2), and other warpers are refused. A greedy task in
+        and top-p become the extrapolation's (docs/PAPER.md §2), and other warpers are refused. A greedy task in
         selective mode (HFLM drops its temperature 0) runs the paper's greedy variant, temperature 0."""
         model = self.model
         settings = model.extrapolation
