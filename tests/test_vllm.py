@@ -139,7 +139,8 @@ def greedy_params(new: int, **kw):
 
 
 def close(llm) -> None:
-    del llm
+    """Shut the engine down now (its memory and vLLM's process-wide parallel groups go with it)."""
+    llm.llm_engine.engine_core.shutdown()
     gc.collect()
 
 
@@ -189,6 +190,9 @@ def test_sampler_guard():
 
 
 # -- engines ---------------------------------------------------------------------------------------------------------
+# One engine per module where possible (startup 5-20 s). Closing an in-process engine tears down vLLM's
+# process-wide parallel groups, which leaves any other live engine unusable: the tests that use `llama_llm` come
+# first, and the tests that close an engine of their own come last.
 
 
 @pytest.fixture(scope="module")
@@ -246,58 +250,6 @@ def test_per_request_settings_in_one_batch_equal_separate_runs(llama_pair, llama
         assert list(alone.token_ids) == no_cache_greedy(rl, base, ids, new, effective, 103), s
         ref = hf_log_probs(rl, base, ids, list(alone.token_ids), effective, 103)
         torch.testing.assert_close(logprob_matrix(together[i].logprobs, 103), ref, atol=1e-4, rtol=0)
-
-
-@needs_vllm
-@pytest.mark.slow
-def test_gamma_zero_is_the_rl_model_alone(llama_pair, llama_llm, tokenizer):
-    from vllm import LLM
-
-    rl_alone = {"extrapolation": {"gamma": 0}}
-    pair = generate(llama_llm, tokenizer, [greedy_params(n, logprobs=5, extra_args=rl_alone) for n in NEW])
-    rl_llm = LLM(str(llama_pair[2].parent / "rl"), **ENGINE)
-    try:
-        alone = generate(rl_llm, tokenizer, [greedy_params(n, logprobs=5) for n in NEW])
-    finally:
-        close(rl_llm)
-    for a, b in zip(pair, alone):
-        assert list(a.token_ids) == list(b.token_ids)
-        for step_a, step_b in zip(a.logprobs, b.logprobs):
-            assert step_a.keys() == step_b.keys()
-            assert all(abs(step_a[t].logprob - step_b[t].logprob) < 1e-5 for t in step_a)
-
-
-@needs_vllm
-@pytest.mark.slow
-def test_selective_qwen2_pair_with_padded_vocabularies(tmp_path, tokenizer):
-    """Folder in selective mode, members of widths 128 and 112 with a 103-token tokenizer: log π_X within 1e-4 of
-    the transformers route, rows from 103 on −inf; vLLM's sampler left neutral, and conflicting requests refused."""
-    from vllm import LLM, SamplingParams
-    from vllm.exceptions import VLLMValidationError
-
-    from hf_extrapolate.vllm import register
-
-    rl, base, folder = save_pair(tmp_path, tokenizer, "qwen2", SELECTIVE, rl_vocab=128, base_vocab=112)
-    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7, "top_p": 0.8, "top_k": 20}))
-    register()
-    llm = LLM(str(folder), **ENGINE)
-    try:
-        defaults = llm.get_default_sampling_params()
-        assert (defaults.temperature, defaults.top_p, defaults.top_k) == (1.0, 1.0, -1)
-        with pytest.raises(VLLMValidationError, match=re.escape("must not warp again: got temperature=0.7")):
-            llm.generate(["a"], SamplingParams(temperature=0.7, max_tokens=2), use_tqdm=False)
-        sampled = generate(llm, tokenizer, SamplingParams(max_tokens=48, ignore_eos=True, logprobs=-1, seed=1))
-        greedy = generate(llm, tokenizer, greedy_params(48))
-    finally:
-        close(llm)
-    for ids, out, arg in zip(prompt_ids(tokenizer), sampled, greedy):
-        got = logprob_matrix(out.logprobs, 128)
-        assert torch.isneginf(got[:, 103:]).all()
-        ref = hf_log_probs(rl, base, ids, list(out.token_ids), SELECTIVE, 103)
-        assert torch.equal(torch.isneginf(got[:, :103]), torch.isneginf(ref))
-        finite = ~torch.isneginf(ref)
-        torch.testing.assert_close(got[:, :103][finite], ref[finite], atol=1e-4, rtol=0)
-        assert list(arg.token_ids) == no_cache_greedy(rl, base, ids, 48, SELECTIVE, 103)
 
 
 def plugin_entry_point_installed() -> bool:
@@ -375,3 +327,55 @@ def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, token
             server.kill()
             server.wait()
         log.close()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_gamma_zero_is_the_rl_model_alone(llama_pair, llama_llm, tokenizer):
+    from vllm import LLM
+
+    rl_alone = {"extrapolation": {"gamma": 0}}
+    pair = generate(llama_llm, tokenizer, [greedy_params(n, logprobs=5, extra_args=rl_alone) for n in NEW])
+    rl_llm = LLM(str(llama_pair[2].parent / "rl"), **ENGINE)
+    try:
+        alone = generate(rl_llm, tokenizer, [greedy_params(n, logprobs=5) for n in NEW])
+    finally:
+        close(rl_llm)
+    for a, b in zip(pair, alone):
+        assert list(a.token_ids) == list(b.token_ids)
+        for step_a, step_b in zip(a.logprobs, b.logprobs):
+            assert step_a.keys() == step_b.keys()
+            assert all(abs(step_a[t].logprob - step_b[t].logprob) < 1e-5 for t in step_a)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_selective_qwen2_pair_with_padded_vocabularies(tmp_path, tokenizer):
+    """Folder in selective mode, members of widths 128 and 112 with a 103-token tokenizer: log π_X within 1e-4 of
+    the transformers route, rows from 103 on −inf; vLLM's sampler left neutral, and conflicting requests refused."""
+    from vllm import LLM, SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from hf_extrapolate.vllm import register
+
+    rl, base, folder = save_pair(tmp_path, tokenizer, "qwen2", SELECTIVE, rl_vocab=128, base_vocab=112)
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.7, "top_p": 0.8, "top_k": 20}))
+    register()
+    llm = LLM(str(folder), **ENGINE)
+    try:
+        defaults = llm.get_default_sampling_params()
+        assert (defaults.temperature, defaults.top_p, defaults.top_k) == (1.0, 1.0, -1)
+        with pytest.raises(VLLMValidationError, match=re.escape("must not warp again: got temperature=0.7")):
+            llm.generate(["a"], SamplingParams(temperature=0.7, max_tokens=2), use_tqdm=False)
+        sampled = generate(llm, tokenizer, SamplingParams(max_tokens=48, ignore_eos=True, logprobs=-1, seed=1))
+        greedy = generate(llm, tokenizer, greedy_params(48))
+    finally:
+        close(llm)
+    for ids, out, arg in zip(prompt_ids(tokenizer), sampled, greedy):
+        got = logprob_matrix(out.logprobs, 128)
+        assert torch.isneginf(got[:, 103:]).all()
+        ref = hf_log_probs(rl, base, ids, list(out.token_ids), SELECTIVE, 103)
+        assert torch.equal(torch.isneginf(got[:, :103]), torch.isneginf(ref))
+        finite = ~torch.isneginf(ref)
+        torch.testing.assert_close(got[:, :103][finite], ref[finite], atol=1e-4, rtol=0)
+        assert list(arg.token_ids) == no_cache_greedy(rl, base, ids, 48, SELECTIVE, 103)
