@@ -379,3 +379,19 @@ def test_selective_qwen2_pair_with_padded_vocabularies(tmp_path, tokenizer):
         finite = ~torch.isneginf(ref)
         torch.testing.assert_close(got[:, :103][finite], ref[finite], atol=1e-4, rtol=0)
         assert list(arg.token_ids) == no_cache_greedy(rl, base, ids, 48, SELECTIVE, 103)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_pair_engine_from_members_samples_the_settings_as_the_cli_gives_them(llama_pair, tokenizer):
+    from hf_extrapolate.vllm.engine import pair_engine, pair_sampling_params
+
+    rl, base, folder = llama_pair
+    settings = {"gamma": 1.0, "temperature": 0.0}  # the CLI puts its --temperature into the settings
+    llm = pair_engine(str(folder.parent / "rl"), str(folder.parent / "base"), ExtrapolationConfig(**settings), **ENGINE)
+    try:
+        params = pair_sampling_params(ExtrapolationConfig(**settings), 48, ignore_eos=True)
+        (out,) = generate(llm, tokenizer, [params] * len(PROMPTS), only=1)
+    finally:
+        close(llm)
+    assert list(out.token_ids) == no_cache_greedy(rl, base, prompt_ids(tokenizer)[1], 48, settings, 103)
