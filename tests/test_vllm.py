@@ -155,6 +155,8 @@ def test_pair_config_reads_both_members(tmp_path, tokenizer):
     assert config.settings == ExtrapolationConfig(**SELECTIVE)
     again = VllmPairConfig.from_dict(config.to_dict())  # how vLLM's processes copy it: no folder needed
     assert again.base_config.vocab_size == 112
+    write_pair_folder(tmp_path / "relative", "../rl", "../base", ExtrapolationConfig(**FULL), tokenizer)
+    assert VllmPairConfig.from_pretrained(tmp_path / "relative").base_config.vocab_size == 112  # beside the folder
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,11 @@ class VllmPairConfig(ExtrapolatedConfig):
         return ExtrapolationConfig.from_dict(self.extrapolation or {})
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("name_or_path", str(pretrained_model_name_or_path))  # as AutoConfig passes it
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         folder = str(kwargs.get("name_or_path") or config_dict.get("_name_or_path") or ".")
         out = super().from_dict(config_dict, **kwargs)
