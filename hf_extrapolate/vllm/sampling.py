@@ -92,7 +92,9 @@ class PairRequests(LogitsProcessor):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
         config = vllm_config.model_config.hf_config
         self.folder: ExtrapolationConfig | None = getattr(config, "settings", None)
-        self.rows = _ROWS.setdefault(id(config), _Rows()) if self.folder is not None else None
+        self.rows = _Rows() if self.folder is not None else None
+        if self.rows is not None:  # a fresh table: an id may be reused by a config of an engine since closed
+            _ROWS[id(config)] = self.rows
 
     def is_argmax_invariant(self) -> bool:
         return True  # `apply` is the identity; the settings act in the model's compute_logits
