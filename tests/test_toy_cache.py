@@ -179,7 +179,8 @@ def test_training_needs_the_train_extra(tmp_path, capsys, monkeypatch):
     assert main(["train-toy", "--cache-dir", str(tmp_path), *SETS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        'hf-extrapolate train-toy: error: training the toy pair needs trl: pip install "hf-extrapolate[train]"'
+        "hf-extrapolate train-toy: error: training the toy pair needs trl, which is not installed: "
+        'pip install "hf-extrapolate[train]"'
     ]
     assert list(tmp_path.iterdir()) == []  # nothing started
 
