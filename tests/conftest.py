@@ -84,14 +84,18 @@ def pair():
     return perturbed(base), base
 
 
-@pytest.fixture(scope="session")
-def pair_dir(pair, tokenizer, tmp_path_factory):
-    """`pair` saved as ordinary model folders, ``rl/`` and ``base/``, each with the tokenizer."""
-    root = tmp_path_factory.mktemp("pair")
+def save_pair(pair: tuple[PreTrainedModel, PreTrainedModel], tokenizer, root: Path) -> Path:
+    """``(rl, base)`` saved as ordinary model folders ``root/rl`` and ``root/base``, each with the tokenizer."""
     for name, model in zip(("rl", "base"), pair):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def pair_dir(pair, tokenizer, tmp_path_factory):
+    """`pair` saved as ordinary model folders, ``rl/`` and ``base/`` (see `save_pair`)."""
+    return save_pair(pair, tokenizer, tmp_path_factory.mktemp("pair"))
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import folder_digest
+from conftest import folder_digest, save_pair
 from transformers import AutoModelForCausalLM
 
 from hf_extrapolate import ExtrapolatedForCausalLM
@@ -19,11 +19,7 @@ IDS = torch.tensor([[1, 5, 9, 14, 3, 7]])
 @pytest.fixture(scope="module")
 def models(pair, tokenizer, tmp_path_factory):
     """Its own copy of the tiny pair as folders (a broken refusal must not damage the shared ``pair_dir``)."""
-    root = tmp_path_factory.mktemp("export_models")
-    for name, model in zip(("rl", "base"), pair):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
+    return save_pair(pair, tokenizer, tmp_path_factory.mktemp("export_models"))
 
 
 def export(models, out, *extra: str) -> int:
@@ -85,10 +81,8 @@ def test_a_failed_export_leaves_nothing(models, tmp_path, capsys):
 
 def test_an_exported_folder_has_a_neutral_generation_config(pair, tokenizer, tmp_path):
     """A member's sampling and penalty defaults (Qwen's) are not the pair's: the folder keeps its special tokens."""
-    rl, base = pair
-    for name, model in (("rl", rl), ("base", base)):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
+    save_pair(pair, tokenizer, tmp_path)
+    rl = pair[0]
     qwen = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
     written = json.loads((tmp_path / "rl" / "generation_config.json").read_text())
     (tmp_path / "rl" / "generation_config.json").write_text(json.dumps({**written, **qwen}))

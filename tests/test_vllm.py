@@ -1,7 +1,7 @@
 """The base/RL pair as one vLLM model (`hf_extrapolate.vllm`) against independent references.
 
 References: a plain-torch no-cache two-model loop (both models recomputed on the whole prefix at every step) and
-the transformers processor route. The engine tests need vLLM (`pip install "hf-extrapolate[vllm]"`; on CPU see
+the transformers processor route. The engine tests need vLLM (a venv with vLLM and this package installed --no-deps: see
 docs/vllm.md) and run in one process, eager, fp32, on tiny members with head_dim 32 (the CPU attention backend's
 smallest); the config checks run everywhere.
 """
@@ -35,7 +35,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in t
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'hf-extrapolate[vllm]')")
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (docs/vllm.md: a venv of its own)")
 # the processor route passes its cache as `cache=` (transformers >= 5.24) unless it knows the older name
 HF_ROUTE_OK = "cache" in inspect.signature(LlamaModel.forward).parameters or hasattr(hf_processor, "CACHE_KWARG")
 needs_hf_route = pytest.mark.skipif(
