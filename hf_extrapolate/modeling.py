@@ -7,7 +7,7 @@ import copy
 import os
 import posixpath
 import tempfile
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,6 +51,16 @@ from hf_extrapolate.modeling import ExtrapolatedForCausalLM
 
 __all__ = ["ExtrapolatedConfig", "ExtrapolatedForCausalLM"]
 '''
+
+
+@dataclass
+class ExtrapolatedCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus, in selective mode, each position's rates in closed form, ``[batch, positions]``:
+    ``resampled``, the chance that the proposal is redrawn from π_X, and ``changed``, the chance that the emitted
+    token differs from the proposal (see `SelectionRates`); both ``None`` in full mode."""
+
+    resampled: torch.FloatTensor | None = None
+    changed: torch.FloatTensor | None = None
 
 
 class PairCache(Cache):
@@ -190,7 +200,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | Tensor = 0,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> ExtrapolatedCausalLMOutput:
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("ExtrapolatedForCausalLM takes input_ids (the two models embed tokens separately)")
         if cache is not None and not isinstance(cache, PairCache):
@@ -220,14 +230,17 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             real = attention_mask[:, -rl_logits.shape[1] :].to(rl_logits.device).bool()
         check_finite_scores(rl_logits[..., :width][real], "the RL model's logits", where)
         check_finite_scores(base_logits[..., :width][real], "the base model's logits", where)
-        logp, _ = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
+        logp, rates = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
         if width < rl_logits.shape[-1]:
             logp = F.pad(logp, (0, rl_logits.shape[-1] - width), value=NEG_INF)
         loss = None
         if labels is not None:
             shift = logp[..., :-1, :].reshape(-1, logp.shape[-1])
             loss = F.nll_loss(shift, labels[..., 1:].reshape(-1).to(shift.device), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logp, cache=cache if use_cache else None)
+        resampled, changed = rates if rates is not None else (None, None)
+        return ExtrapolatedCausalLMOutput(
+            loss=loss, logits=logp, cache=cache if use_cache else None, resampled=resampled, changed=changed
+        )
 
     @torch.no_grad()
     def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs: Any):

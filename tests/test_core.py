@@ -424,3 +424,22 @@ def test_rates_count_emitting_rows_across_calls(pair, tokenizer):
     proc.reset()
     assert proc.resample_rate is None and proc.changed_rate is None
     assert DeltaLogpExtrapolation(base, gamma=0.5).resample_rate is None
+
+
+def test_wrapper_reports_the_rates_the_processor_accumulates(pair, tokenizer):
+    """Teacher-forced through the wrapper, a sampled sequence's per-position rates average to the processor's."""
+    rl, base = pair
+    settings = {"gamma": 0.5, "select": "delta_logp", "threshold": -0.3, "top_p": 0.9}
+    proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings)
+    enc = encode(tokenizer, ["12+3="])
+    torch.manual_seed(0)
+    out = generate(rl, enc, [proc], do_sample=True, max_new_tokens=24, pad_token_id=0)
+    prompt, new = enc.input_ids.shape[1], out.shape[1] - enc.input_ids.shape[1]
+    wrapper = ExtrapolatedForCausalLM(rl, base, tokenizer=tokenizer, **settings)
+    with torch.no_grad():
+        res = wrapper(out)
+    steps = slice(prompt - 1, prompt - 1 + new)  # the positions that predicted each generated token
+    assert res.resampled.shape == out.shape and 0.0 < proc.resample_rate < 1.0
+    assert res.resampled[0, steps].mean().item() == pytest.approx(proc.resample_rate, abs=1e-6)
+    assert res.changed[0, steps].mean().item() == pytest.approx(proc.changed_rate, abs=1e-6)
+    assert ExtrapolatedForCausalLM(rl, base, gamma=0.5)(out).resampled is None  # full mode: no rates
