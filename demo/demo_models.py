@@ -275,10 +275,8 @@ class DemoModels:
 
         stop, errors = threading.Event(), []
         models = {"base": self.base, "rl": self.rl, "extrapolated": self.rl}
-        extrapolation = DeltaLogpExtrapolation(  # applies temperature and top-p to π_X itself
-            self.base, config.gamma, select=config.select, threshold=config.threshold,
-            temperature=config.temperature, top_p=config.top_p, tokenizer=self.tokenizer,
-        )  # fmt: skip
+        # applies temperature and top-p to π_X itself
+        extrapolation = DeltaLogpExtrapolation(self.base, config, tokenizer=self.tokenizer)
         processors = {
             name: [
                 *([extrapolation] if name == "extrapolated" else []),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import types
+import typing
 from typing import Any
 
-from .configuration import CRITERIA, ExtrapolationConfig
+from .configuration import ExtrapolationConfig, setting_fields
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser, *, settings: bool = True) -> None:
@@ -26,20 +29,28 @@ def add_pair_arguments(parser: argparse.ArgumentParser, *, settings: bool = True
     if not settings:
         return
     ex = parser.add_argument_group("extrapolation")
-    ex.add_argument("--gamma", type=float, default=0.0, help="γ: weights (w_base, w_rl) = (−γ, 1 + γ)")
-    ex.add_argument("--weights", type=float, nargs=2, metavar=("W_BASE", "W_RL"), help="explicit weights")
-    ex.add_argument("--select", choices=CRITERIA, help="selective mode: the criterion that flags a proposal")
-    ex.add_argument("--threshold", type=float, help="τ for --select (e.g. -0.3 for delta_logp)")
-    ex.add_argument("--proposer", choices=("base", "rl"), default="base", help="who proposes in selective mode")
-    ex.add_argument("--candidate-top-k", type=int, help="reference-code lists: top-k plus own sample")
+    for f in setting_fields():
+        ex.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, help=f.metadata["help"], **_argument(f))
+
+
+def _argument(f: dataclasses.Field) -> dict[str, Any]:
+    """argparse's ``type``/``choices``/``nargs``/``metavar`` for a setting, from its annotation."""
+    kind = typing.get_type_hints(ExtrapolationConfig)[f.name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the option may be left out
+        kind, args = args[0], list(typing.get_args(args[0]))
+    if typing.get_origin(kind) is typing.Literal:
+        return {"choices": tuple(args)}
+    if typing.get_origin(kind) is tuple:
+        return {"type": args[0], "nargs": len(args), "metavar": f.metadata.get("metavar")}
+    return {"type": kind}
 
 
 def settings_from_args(args: argparse.Namespace, temperature: float = 1.0, top_p: float = 1.0) -> ExtrapolationConfig:
-    return ExtrapolationConfig(
-        gamma=args.gamma, weights=tuple(args.weights) if args.weights else None, select=args.select,
-        threshold=args.threshold, temperature=temperature, top_p=top_p, proposer=args.proposer,
-        candidate_top_k=args.candidate_top_k,
-    )  # fmt: skip
+    """The `ExtrapolationConfig` of the generated options, with the command's own temperature and top-p."""
+    given = {f.name: getattr(args, f.name) for f in setting_fields()}
+    given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}  # nargs gives lists
+    return ExtrapolationConfig(**given, temperature=temperature, top_p=top_p)
 
 
 def resolve_pair(args: argparse.Namespace) -> tuple[str, str]:
@@ -122,7 +133,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         text = args.prompt
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
-    proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings.to_dict())
+    proc = DeltaLogpExtrapolation(base, settings, tokenizer=tokenizer)
     torch.manual_seed(args.seed)
     # temperature and top-p live in the processor; generate_kwargs makes generate's own warpers (and the RL
     # model's generation_config defaults) neutral, so generate samples the processor's output as is
@@ -182,7 +193,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.embed_models:
         rl_model, base_model, tokenizer = load_from_args(args)
         with output_folder(args.out, overwrite=args.overwrite) as tmp:
-            ExtrapolatedForCausalLM(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict()).save_pretrained(
+            ExtrapolatedForCausalLM(rl_model, base_model, settings, tokenizer=tokenizer).save_pretrained(
                 tmp, embed_models=True
             )
             card = model_card(Member("./rl"), Member("./base"), settings, Path(args.out).name)  # not the temporary's

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from numbers import Real
 from typing import Any, Literal
 
@@ -65,14 +65,19 @@ class ExtrapolationConfig:
     it can only underflow to probability 0, never overflow); ``top_p`` in (0, 1].
     """
 
-    gamma: float = 0.0
-    weights: tuple[float, float] | None = None
-    select: Criterion | None = None
-    threshold: float | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    proposer: Literal["base", "rl"] = "base"
-    candidate_top_k: int | None = None
+    # each field's ``help`` is the one description the CLI, lm-eval's --model_args and the demo show
+    gamma: float = field(default=0.0, metadata={"help": "γ: weights (w_base, w_rl) = (−γ, 1 + γ)"})
+    weights: tuple[float, float] | None = field(
+        default=None, metadata={"help": "explicit weights", "metavar": ("W_BASE", "W_RL")}
+    )
+    select: Criterion | None = field(
+        default=None, metadata={"help": "selective mode: the criterion that flags a proposal"}
+    )
+    threshold: float | None = field(default=None, metadata={"help": "τ for --select (e.g. -0.3 for delta_logp)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling top-p"})
+    proposer: Literal["base", "rl"] = field(default="base", metadata={"help": "who proposes in selective mode"})
+    candidate_top_k: int | None = field(default=None, metadata={"help": "reference-code lists: top-k plus own sample"})
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -128,6 +133,35 @@ class ExtrapolationConfig:
         if unknown:
             raise ValueError(f"unknown extrapolation setting(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
+
+
+# Sampling settings: each command (and lm-eval task) sets them as its own sampling options, so they are left out
+# of the generated extrapolation options (`hf_extrapolate.commands.add_pair_arguments`, lm-eval's --model_args).
+SAMPLING_FIELDS = ("temperature", "top_p")
+
+
+def setting_fields() -> tuple[Any, ...]:
+    """The `dataclasses.Field` of every `ExtrapolationConfig` setting except `SAMPLING_FIELDS`, in order."""
+    return tuple(f for f in fields(ExtrapolationConfig) if f.name not in SAMPLING_FIELDS)
+
+
+def extrapolation_config(config: ExtrapolationConfig | float | None = None, **settings: Any) -> ExtrapolationConfig:
+    """One `ExtrapolationConfig` from either a config or keyword settings (a number as ``config`` is γ).
+
+    Both at once is refused: the keywords would silently win or lose against the config's fields.
+    """
+    if isinstance(config, ExtrapolationConfig):
+        if settings:
+            raise ValueError(
+                f"give an ExtrapolationConfig or keyword settings, not both (got {', '.join(sorted(settings))} too); "
+                "use dataclasses.replace(config, ...) to change a config"
+            )
+        return config
+    if config is not None:
+        if "gamma" in settings:
+            raise ValueError(f"gamma given twice: {config!r} positionally and gamma={settings['gamma']!r}")
+        settings["gamma"] = config
+    return ExtrapolationConfig.from_dict(settings)
 
 
 class ExtrapolatedConfig(PretrainedConfig):

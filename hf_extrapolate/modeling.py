@@ -28,7 +28,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
 
-from .configuration import ExtrapolatedConfig, ExtrapolationConfig
+from .configuration import ExtrapolatedConfig, ExtrapolationConfig, extrapolation_config
 from .extrapolation import NEG_INF, check_finite_scores, combine
 from .loading import HUB_KWARGS, SOURCE_ATTR, check_tokenizers, load_pair
 from .processor import (
@@ -145,18 +145,19 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         self,
         rl_model: PreTrainedModel,
         base_model: PreTrainedModel,
-        gamma: float = 0.0,
+        extrapolation: ExtrapolationConfig | float | None = None,
         *,
         tokenizer: Any = None,
         base_tokenizer: Any = None,
         **settings: Any,
     ):
+        """``extrapolation``: an `ExtrapolationConfig`, or γ as a number; or give its fields as keywords."""
         for role, model in (("rl_model", rl_model), ("base_model", base_model)):
             if not isinstance(model, PreTrainedModel):
                 raise ValueError(f"{role} must be a transformers PreTrainedModel, got {type(model).__name__}")
         if tokenizer is not None and base_tokenizer is not None:
             check_tokenizers(tokenizer, base_tokenizer, rl_model.name_or_path, base_model.name_or_path)
-        extrapolation = ExtrapolationConfig(gamma=gamma, **settings)
+        extrapolation = extrapolation_config(extrapolation, **settings)
         rl_width = rl_model.get_output_embeddings().weight.shape[0]
         base_width = base_model.get_output_embeddings().weight.shape[0]
         config = ExtrapolatedConfig(
@@ -427,7 +428,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             base_revision=base.revision, base_subfolder=base.subfolder or "", trust_remote_code=trust_remote_code,
             **hub, **kwargs,
         )  # fmt: skip
-        model = cls(rl_model, base_model, tokenizer=tokenizer, **settings.to_dict())
+        model = cls(rl_model, base_model, settings, tokenizer=tokenizer)
         with contextlib.suppress(OSError):  # a folder written without one keeps the constructor's
             model.generation_config = GenerationConfig.from_pretrained(
                 path, revision=revision, subfolder=subfolder, **hub

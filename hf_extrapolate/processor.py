@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from .configuration import ExtrapolationConfig
+from .configuration import ExtrapolationConfig, extrapolation_config
 from .extrapolation import NEG_INF, check_finite_scores, combine
 
 # `generate`'s warpers (run after every logits processor), each with the value that leaves the scores unchanged
@@ -179,25 +179,17 @@ class DeltaLogpExtrapolation(LogitsProcessor):
     def __init__(
         self,
         base_model: PreTrainedModel,
-        gamma: float = 0.0,
+        config: ExtrapolationConfig | float | None = None,
         *,
-        weights: tuple[float, float] | None = None,
-        select: str | None = None,
-        threshold: float | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        proposer: str = "base",
-        candidate_top_k: int | None = None,
         tokenizer: Any = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        **settings: Any,
     ):
+        """``config``: an `ExtrapolationConfig`, or γ as a number; or give its fields as keywords (``settings``)."""
         if not isinstance(base_model, PreTrainedModel):
             raise ValueError(f"base_model must be a transformers PreTrainedModel, got {type(base_model).__name__}")
-        self.config = ExtrapolationConfig(
-            gamma=gamma, weights=weights, select=select, threshold=threshold, temperature=temperature,
-            top_p=top_p, proposer=proposer, candidate_top_k=candidate_top_k,
-        )  # fmt: skip
+        self.config = extrapolation_config(config, **settings)
         self.base_model = base_model
         self.tokenizer_size = len(tokenizer) if tokenizer is not None else None
         if pad_token_id is None:

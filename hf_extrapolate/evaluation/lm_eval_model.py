@@ -24,10 +24,11 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 from lm_eval.models.utils_hf import get_dtype
 
+from hf_extrapolate.configuration import SAMPLING_FIELDS, setting_fields
 from hf_extrapolate.loading import check_device_map, check_dtype
 
-# settings forwarded to ExtrapolatedForCausalLM when given in --model_args
-EXTRAPOLATION_ARGS = ("gamma", "select", "threshold", "weights", "proposer", "candidate_top_k")
+# settings forwarded to ExtrapolatedForCausalLM when given in --model_args: the config's fields but sampling's
+EXTRAPOLATION_ARGS = tuple(f.name for f in setting_fields())
 # HFLM loading options that a pair of models loaded by `load_pair` cannot honour
 _UNSUPPORTED = ("tp_plan", "peft", "delta", "autogptq", "gptqmodel", "gguf_file", "subfolder")
 # HFLM's own placement arguments, replaced by the device_map given to `load_pair`
@@ -65,7 +66,7 @@ class ExtrapolatedHFLM(HFLM):
             raise ValueError("--model hfx needs rl=<RL model> and base=<base model> in --model_args")
         if "pretrained" in kwargs:
             raise ValueError("--model hfx takes rl= and base=, not pretrained= (use --model hf for one model)")
-        if sampling := {"temperature", "top_p"} & set(kwargs):
+        if sampling := set(SAMPLING_FIELDS) & set(kwargs):
             raise ValueError(f"set {', '.join(sorted(sampling))} in the task or with --gen_kwargs, not --model_args")
         check_dtype(kwargs.get("dtype"), "--model_args dtype")  # before HFLM starts (lm-eval: a traceback)
         check_device_map(kwargs.get("device_map"), "--model_args device_map")
