@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--directions", default=",".join(DIRECTIONS), help="forward (base generates), reverse, or both")
     p.add_argument(
         "--grader",
-        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's own "
-        "check for --data toy, math-verify on the last \\boxed{} for a JSONL file",
+        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: math-verify on the "
+        "last \\boxed{}, as eval grades",
     )
     p.set_defaults(func=run)
 
