@@ -28,10 +28,11 @@ from hf_extrapolate.commands import add_pair_arguments, dry_run, load_from_args,
 def example_prompts(n: int = 4) -> list[str]:
     """Held-out toy problems, written as the toy pair was trained to read them."""
     try:  # the toy task lands with the toy pair
-        from hf_extrapolate.toy.task import PROMPT_SUFFIX, make_problems
+        from hf_extrapolate.evaluation.grading import user_message
+        from hf_extrapolate.toy.task import make_problems
     except ImportError:
         return []
-    return [f"{p['problem']}\n{PROMPT_SUFFIX}" for p in make_problems("test", n, seed=0)]
+    return [user_message(p["problem"]) for p in make_problems("test", n, seed=0)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

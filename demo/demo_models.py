@@ -23,6 +23,7 @@ from transformers.generation import BaseStreamer
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
 from hf_extrapolate.configuration import CRITERIA
+from hf_extrapolate.evaluation.grading import build_prompt
 from hf_extrapolate.extrapolation import NEG_INF, combine, extrapolated_log_probs, log_probs, sampling_log_probs
 from hf_extrapolate.processor import model_device, shared_vocab_size
 
@@ -223,12 +224,7 @@ class DemoModels:
         if len(prompt) > self.limits.max_prompt_chars:
             raise refuse(f"The prompt has {len(prompt)} characters; this demo takes at most "
                          f"{self.limits.max_prompt_chars}.")  # fmt: skip
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = prompt
+        text = build_prompt(self.tokenizer, prompt)
         ids = self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt").input_ids
         if ids.shape[1] > self.limits.max_prompt_tokens:
             raise refuse(f"The prompt is {ids.shape[1]} tokens long; this demo takes at most "

@@ -123,15 +123,11 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
+    from .evaluation.grading import build_prompt
     from .processor import DeltaLogpExtrapolation
 
     rl, base, tokenizer = load_from_args(args)
-    if tokenizer.chat_template and not args.no_chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = args.prompt
+    text = build_prompt(tokenizer, args.prompt, chat_template=not args.no_chat_template)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
     proc = DeltaLogpExtrapolation(base, settings, tokenizer=tokenizer)
     torch.manual_seed(args.seed)

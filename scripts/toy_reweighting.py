@@ -14,7 +14,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_extrapolate.toy.evaluate import accuracy, generate, mean_ci
+from hf_extrapolate.evaluation.grading import mean_interval
+from hf_extrapolate.toy.evaluate import accuracy, generate
 from hf_extrapolate.toy.task import make_problems
 from hf_extrapolate.toy.train import ToySettings, pair_paths
 
@@ -33,7 +34,7 @@ def avg(values: list[float]) -> float:
 
 
 def fmt(values: list[float]) -> str:
-    mean, half = mean_ci(values)
+    mean, half = mean_interval(values)
     return f"{100 * mean:.1f} ± {100 * half:.1f}"
 
 
@@ -51,7 +52,7 @@ def plot(results: dict, methods: list[str], path: Path, title: str) -> None:
         ax.plot(x, [100 * avg(r[n]["sampled"]) for n in names], "o-", color="gray", alpha=0.6, lw=1)
         ax.annotate(f"seed {seed}", (x[-1], 100 * avg(r[names[-1]]["sampled"])), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=8, color="gray")  # fmt: skip
-    means = [mean_ci([avg(r[n]["sampled"]) for r in results.values()]) for n in names]
+    means = [mean_interval([avg(r[n]["sampled"]) for r in results.values()]) for n in names]
     ax.errorbar(x, [100 * m for m, _ in means], yerr=[100 * h for _, h in means], fmt="s", color="black",
                 capsize=4, label="mean over seeds, 95% CI")  # fmt: skip
     ax.set_xticks(x, [n if n != "none" else "GRPO" for n in names])

@@ -168,4 +168,4 @@ def test_analyze_command_writes_every_file(pair, pair_dir, tmp_path, capsys):
     assert main([*argv, "--shares", "0.2", "--metrics", "entropy"]) == 2
     data.write_text('{"question": "Compute 1+2."}\n')
     assert main([*argv, "--shares", "0.2"]) == 2
-    assert "needs 'problem' and 'answer'" in capsys.readouterr().err
+    assert "problems.jsonl:1: a record needs a 'problem' (or 'question') and an 'answer'" in capsys.readouterr().err

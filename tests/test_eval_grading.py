@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import random
+import statistics
+
 import pytest
 
 from hf_extrapolate.evaluation.grading import (
     is_correct,
     last_boxed,
     majority_vote,
+    mean_interval,
     metric_names,
     pass_at_k,
     score_samples,
+    t_quantile,
 )
 
 
@@ -101,3 +107,32 @@ def test_score_samples() -> None:
     assert scores["pass@2"] == pytest.approx(1 - 6 / 15)  # 1 - C(4,2)/C(6,2)
     assert scores["pass@6"] == 1.0
     assert score_samples(["\\boxed{1}"], "1") == {"avg@1": 1.0}
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 10, 29, 30, 99, 500])
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995])
+def test_t_quantile_matches_scipy(df: int, p: float) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_t_quantile_closed_forms_and_the_normal_limit() -> None:
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)  # Cauchy
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-12)  # df=2
+    normal = statistics.NormalDist().inv_cdf(0.975)
+    assert normal < t_quantile(0.975, 2000) < normal * 1.001
+    with pytest.raises(ValueError, match=r"0\.5 < p < 1"):
+        t_quantile(0.4, 3)
+
+
+def test_mean_interval_covers_the_mean_95_percent_of_the_time() -> None:
+    """Monte Carlo: intervals from 5 normal draws cover the true mean in 95% of 4000 trials (±1.1% at 3σ)."""
+    rng = random.Random(0)
+    trials = [mean_interval([rng.gauss(1.0, 2.0) for _ in range(5)]) for _ in range(4000)]
+    coverage = sum(abs(mean - 1.0) <= half for mean, half in trials) / len(trials)
+    assert abs(coverage - 0.95) < 0.011
+    mean, half = mean_interval([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and half == pytest.approx(3.182446 * (1 / 3) ** 0.5 / 2, rel=1e-6)
+    assert mean_interval([0.3])[0] == 0.3 and math.isnan(mean_interval([0.3])[1])
+    with pytest.raises(ValueError, match="at least one"):
+        mean_interval([])

@@ -10,8 +10,16 @@ import pytest
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from hf_extrapolate.evaluation.grading import PROMPT_SUFFIX, metric_names
-from hf_extrapolate.evaluation.tasks import jsonl_dataset, normalize_doc, process_results, write_jsonl
+from hf_extrapolate.evaluation.grading import INSTRUCTION, metric_names, user_message
+from hf_extrapolate.evaluation.tasks import (
+    jsonl_dataset,
+    normalize_doc,
+    process_docs,
+    process_results,
+    read_problems,
+    write_jsonl,
+)
+from hf_extrapolate.toy.evaluate import accuracy
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
 BENCHMARKS = ["hfx_math500", "hfx_aime24", "hfx_aime25", "hfx_amc23", "hfx_gsm8k", "hfx_toy_arith"]
@@ -125,7 +133,7 @@ def test_hub_tasks_read_and_normalise_their_dataset(name: str, manager: TaskMana
     assert fake_hub == [(path, config, split)]
     (doc,) = list(task.eval_docs)
     assert doc["answer"] == answer
-    assert task.doc_to_text(doc).endswith(PROMPT_SUFFIX)
+    assert task.doc_to_text(doc) == user_message(doc["problem"]) and doc_text_ends(task, doc)
     assert task.doc_to_target(doc) == answer
 
 
@@ -194,3 +202,69 @@ def test_process_results_takes_the_filtered_samples() -> None:
     doc = {"problem": "p", "answer": "2"}
     assert process_results(doc, [["\\boxed{2}", "\\boxed{3}"]])["avg@2"] == 0.5
     assert process_results(doc, ["\\boxed{2}"]) == {"avg@1": 1.0}
+
+
+def doc_text_ends(task, doc) -> bool:
+    return task.doc_to_text(doc).endswith("\n" + INSTRUCTION)
+
+
+# one problem's k responses, each a shape the two paths must grade alike (the reference answer is "57")
+RESPONSES = [
+    ["12+45=57\n\\boxed{57}", "\\boxed{057}", "\\boxed{57.0}", "\\boxed{ 57 }"],
+    ["57", "the answer is 57", "\\boxed{57", "\\boxed{}"],  # no box, unclosed box, empty box
+    ["\\boxed{56} no: \\boxed{57}", "\\boxed{57} no: \\boxed{56}", "\\fbox{57}", "\\boxed{\\frac{114}{2}}"],
+    ["\\boxed{58}", "\\boxed{5 7}", "\\boxed{57}\\boxed{", "\\boxed{57}.<|im_end|>"],
+]
+
+
+def test_quickstart_and_the_toy_task_grade_alike() -> None:
+    """The quickstart's grading path (`toy.evaluate.accuracy`) and hfx_toy_arith's `process_results` give the
+    same per-problem avg@k, on the shipped problems and on edge-case responses."""
+    pytest.importorskip("math_verify")
+    shipped = read_problems(TASKS_DIR / "data" / "toy_arith_test.jsonl", 4)
+    problems = [{"problem": p["problem"], "answer": "57"} for p in shipped]
+    quickstart = accuracy(problems, RESPONSES)
+    task = [process_results(doc, [responses])["avg@4"] for doc, responses in zip(problems, RESPONSES, strict=True)]
+    assert quickstart == task
+    # by hand: 057 and 57.0 count; no box, an unclosed or empty box, and a box followed by an unclosed one do not
+    assert quickstart == [1.0, 0.0, 0.75, 0.25]
+
+
+def test_read_problems_reads_what_eval_reads(tmp_path: Path) -> None:
+    """A JSONL file the lm-eval tasks accept gives the same problems through `read_problems` (used by analyze)."""
+    records = [
+        {"Question": "Compute 1+2.", "Answer": "3"},
+        {"problem": "Compute 5-1.", "answer": 4.0},
+        {"question": "Sum?", "answer": "step #### 1,234"},
+        {"problem": "Half?", "solution": "so \\boxed{\\frac{1}{2}}"},
+    ]
+    expected = [
+        {"problem": "Compute 1+2.", "answer": "3"},
+        {"problem": "Compute 5-1.", "answer": "4"},
+        {"problem": "Sum?", "answer": "1234"},
+        {"problem": "Half?", "answer": "\\frac{1}{2}"},
+    ]
+    for i, record in enumerate(records):  # one file each: `datasets` wants one type per column within a file
+        path = tmp_path / f"{i}.jsonl"
+        path.write_text(json.dumps(record) + "\n\n" + json.dumps(record) + "\n")
+        eval_rows = list(process_docs(jsonl_dataset(str(path))["test"]))
+        assert read_problems(path) == eval_rows == [expected[i]] * 2
+        assert read_problems(path, 1) == eval_rows[:1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"problem": "x", "answer": "1"}\n{"text": "y"}\n', ":2: a record needs a 'problem'"),
+        ('{"problem": "x", "answer": "1"}\nnot json\n', ":2: not valid JSON"),
+        ('[1, 2]\n', ":1: each line must be a JSON object"),
+        ("\n\n", "holds no problems"),
+    ],
+)
+def test_read_problems_rejects_bad_lines(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_problems(path)
+    with pytest.raises(ValueError, match="no JSONL file"):
+        read_problems(tmp_path / "missing.jsonl")

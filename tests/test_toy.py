@@ -10,9 +10,12 @@ from conftest import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_extrapolate.cli import main
-from hf_extrapolate.toy.evaluate import accuracy, generate, mean_ci
-from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
-from hf_extrapolate.toy.train import BASE_FIELDS, ToySettings, cache_dir, pair_paths
+from hf_extrapolate.evaluation.grading import is_correct
+from hf_extrapolate.toy.evaluate import accuracy, generate
+from hf_extrapolate.toy.task import format_prompt, make_problems, noisy_solution
+from hf_extrapolate.toy.train import BASE_FIELDS, ToySettings, cache_dir, exact_match_reward, pair_paths, toy_tokenizer
+
+TRAINED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # as trained
 
 
 def test_problems_are_deterministic():
@@ -60,12 +63,15 @@ def test_make_problems_rejects_bad_input():
         make_problems("train", -1)
 
 
-def test_format_prompt_is_the_papers_chat_prompt(tokenizer):
-    prompt = format_prompt("Compute 1+2+3.", tokenizer)
-    assert prompt == (
-        "<|im_start|>user\nCompute 1+2+3.\n" + PROMPT_SUFFIX + "<|im_end|>\n<|im_start|>assistant\n"
-    )
-    assert PROMPT_SUFFIX == "Please reason step by step, and put your final answer within \\boxed{}."
+@pytest.mark.parametrize("make_tokenizer", ["fixture", "toy"])
+def test_format_prompt_is_byte_identical_to_the_trained_prompt(tokenizer, make_tokenizer):
+    """The toy pair was trained on the chat template around `problem + "\\n" + instruction` (the literal here)."""
+    tok = tokenizer if make_tokenizer == "fixture" else toy_tokenizer()
+    for p in [*make_problems("test", 20), {"problem": "Compute 1+2+3."}]:
+        trained = f"<|im_start|>user\n{p['problem']}\n{TRAINED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+        assert format_prompt(p["problem"], tok) == trained
+    if make_tokenizer == "toy":  # the instruction is still one token of the toy vocabulary
+        assert len(tok(TRAINED_INSTRUCTION, add_special_tokens=False).input_ids) == 1
 
 
 @pytest.mark.parametrize(
@@ -80,10 +86,13 @@ def test_format_prompt_is_the_papers_chat_prompt(tokenizer):
         ("15", "15", False),  # no box
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", True),  # nested braces
         ("\\boxed{}", "0", False),
+        ("\\boxed{15.0}", "15", False),  # exact match: math-verify would accept it
+        ("\\boxed{15} \\fbox{14}", "15", True),  # \\fbox is not read: math-verify would grade 14
+        ("\\boxed{\\{15}", "\\{15", False),  # no escapes: the box closes at the first `}`
     ],
 )
-def test_is_correct(completion, answer, expected):
-    assert is_correct(completion, answer) is expected
+def test_exact_match_reward_is_the_frozen_training_rule(completion, answer, expected):
+    assert exact_match_reward(completion, answer) is expected
 
 
 def test_settings_keys_share_the_base():
@@ -150,12 +159,6 @@ def test_train_toy_full_pair(tmp_path, capsys):
         model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
         acc[name] = sum(accuracy(problems, generate(model, tok, problems, k=4))) / len(problems)
     assert acc["rl"] - acc["base"] > 0.15 and acc["rl"] < 1.0, acc
-
-
-def test_mean_ci():
-    mean, half = mean_ci([0.0, 1.0, 0.0, 1.0])
-    assert mean == 0.5 and half == pytest.approx(3.182 * (1 / 3) ** 0.5 / 2, rel=1e-3)  # Student t, 3 d.o.f.
-    assert mean_ci([0.3])[0] == 0.3
 
 
 def test_generate_shapes_and_grading(tokenizer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--directions", default=",".join(DIRECTIONS), help="forward (base generates), reverse, or both")
     p.add_argument(
         "--grader",
-        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: the toy task's own "
-        "check for --data toy, math-verify on the last \\boxed{} for a JSONL file",
+        help="MODULE:FUNCTION taking (completion, answer) and returning a bool; default: math-verify on the "
+        "last \\boxed{}, as eval grades",
     )
     p.set_defaults(func=run)
 
@@ -80,58 +79,33 @@ def _shares(text: str) -> list[float]:
         raise ValueError(f"--shares must be comma-separated numbers, got {text!r}") from None
 
 
-def read_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
-    """The first ``n`` rows of a JSONL file, each with "problem" and "answer"."""
-    if not path.is_file():
-        raise ValueError(f"--data must be 'toy' or an existing JSONL file; {str(path)!r} is neither")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
-                raise ValueError(f"{path}:{number}: each line needs 'problem' and 'answer' fields")
-            rows.append(row)
-            if len(rows) == n:
-                break
-    if not rows:
-        raise ValueError(f"{path} holds no problems")
-    return rows
-
-
 def paper_prompt(problem: str, tokenizer: Any) -> str:
-    """The paper's prompt, as the ``hfx_*`` evaluation tasks build it: the problem and the step-by-step /
-    ``\\boxed{}`` instruction, in the chat template when the tokenizer has one."""
-    from hf_extrapolate.evaluation.grading import PROMPT_SUFFIX
+    """The paper's prompt, as the ``hfx_*`` evaluation tasks build it (`grading.user_message` in the chat template
+    when the tokenizer has one)."""
+    from hf_extrapolate.evaluation.grading import build_prompt, user_message
 
-    content = problem + PROMPT_SUFFIX
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": content}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return content + "\n"
+    return build_prompt(tokenizer, user_message(problem))
 
 
 def load_data(data: str, n: int, seed: int, grader: str | None) -> tuple[list[dict[str, Any]], Grader, PromptFn]:
-    """Problems with their grader and prompt: the toy task's own test problems, grading and prompt for ``toy``;
-    for a JSONL file, `paper_prompt` and math-verify on the last ``\\boxed{}`` (the evaluation's grading).
-    ``grader`` (``MODULE:FUNCTION``) replaces the default grading."""
+    """Problems with their grader and prompt: the toy task's own test problems for ``toy``, or a JSONL file read
+    as ``eval`` reads it (`evaluation.tasks.read_problems`); the paper's prompt and grader (math-verify on the last
+    ``\\boxed{}``, `grading.is_correct`) for both. ``grader`` (``MODULE:FUNCTION``) replaces the default grading."""
+    from hf_extrapolate.evaluation.grading import is_correct
+
     if data == "toy":
-        from hf_extrapolate.toy.task import format_prompt, is_correct, make_problems
+        from hf_extrapolate.toy.task import format_prompt, make_problems
 
-        problems, default, prompt = make_problems("test", n, seed=seed), is_correct, format_prompt
+        problems, prompt = make_problems("test", n, seed=seed), format_prompt
     else:
-        from hf_extrapolate.evaluation.grading import is_correct
+        from hf_extrapolate.evaluation.tasks import read_problems
 
-        problems, default, prompt = read_jsonl(Path(data), n), is_correct, paper_prompt
-        if grader is None and importlib.util.find_spec("math_verify") is None:
-            raise ValueError(
-                "grading a JSONL file needs math-verify: pip install 'hf-extrapolate[eval]', or pass --grader"
-            )
-    return problems, resolve_grader(grader) if grader is not None else default, prompt
+        if not Path(data).is_file():
+            raise ValueError(f"--data must be 'toy' or an existing JSONL file; {data!r} is neither")
+        problems, prompt = read_problems(data, n), paper_prompt
+    if grader is None and importlib.util.find_spec("math_verify") is None:
+        raise ValueError("the default grading needs math-verify: pip install 'hf-extrapolate[eval]', or pass --grader")
+    return problems, resolve_grader(grader) if grader is not None else is_correct, prompt
 
 
 def resolve_grader(spec: str) -> Grader:

@@ -1,17 +1,35 @@
-r"""Grading of math completions as in the paper: math-verify on the last ``\boxed{}``, avg@n, pass@k, maj@n.
+r"""The paper's protocol, one home for each part: the prompt, grading (math-verify on the last ``\boxed{}``),
+avg@n with its 95% interval, pass@k and maj@n.
 
-A completion is correct when the content of its last ``\boxed{...}`` (or ``\fbox{...}``) is mathematically
-equivalent to the reference answer according to `math_verify`. Completions without a closed box are wrong.
+The user message is the problem, a newline and `INSTRUCTION`; `build_prompt` wraps it in the chat template when
+the tokenizer has one. A completion is correct when the content of its last ``\boxed{...}`` (or ``\fbox{...}``)
+is mathematically equivalent to the reference answer according to `math_verify`; one without a closed box is wrong.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
-PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def user_message(problem: str) -> str:
+    """The user turn of the paper's prompt: ``problem + "\\n" + INSTRUCTION``."""
+    return problem + "\n" + INSTRUCTION
+
+
+def build_prompt(tokenizer: Any, message: str, chat_template: bool = True) -> str:
+    """`message` as the single user turn of the tokenizer's chat template, ready for the answer; the raw text
+    when the tokenizer has no template or `chat_template` is False."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": message}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return message
 
 
 def last_boxed(text: str) -> str | None:
@@ -119,3 +137,41 @@ def score_samples(completions: Sequence[str], answer: str | float) -> dict[str, 
         scores[f"maj@{n}"] = float(winner is not None and equivalent(answer, winner))
     scores.update({f"pass@{k}": pass_at_k(n, c, k) for k in pass_ks(n)})
     return scores
+
+
+def _t_two_sided(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's T with `df` degrees of freedom, by the finite series of Abramowitz & Stegun
+    26.7.3-4 in θ = atan(t / √df): odd df: (2/π)(θ + sin θ cos θ Σ), even df: sin θ Σ."""
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    term, total = 1.0, 1.0
+    for j in range(2 if df % 2 else 1, df - 1, 2):  # odd: ratios 2/3, 4/5, ...; even: 1/2, 3/4, ...
+        term *= c2 * j / (j + 1)
+        total += term
+    if df % 2:
+        return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+    return math.sin(theta) * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom, by bisection of `_t_two_sided`."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    target, low, high = 2 * p - 1, 0.0, 1.0
+    while _t_two_sided(high, df) < target:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_two_sided(mid, df) < target else (low, mid)
+    return (low + high) / 2
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean of `values` (e.g. per-problem avg@k) and the half-width of its Student-t interval,
+    ``t_{(1+level)/2, n-1} · s / √n``; NaN half-width for fewer than two values."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, t_quantile((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))

@@ -10,14 +10,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+from hf_extrapolate.evaluation.grading import last_boxed, score_samples, user_message
 
-from hf_extrapolate.evaluation.grading import PROMPT_SUFFIX, last_boxed, score_samples
+if TYPE_CHECKING:  # `datasets` (the eval extra) is imported where used: `read_problems` works without it
+    import datasets
 
 _PROBLEM_KEYS = ("problem", "question")
-_FEATURES = datasets.Features({"problem": datasets.Value("string"), "answer": datasets.Value("string")})
 
 
 def _field(doc: Mapping[str, Any], names: Iterable[str]) -> Any:
@@ -52,13 +52,16 @@ def normalize_doc(doc: Mapping[str, Any]) -> dict[str, str]:
 
 def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
     """lm-eval ``process_docs``: keep only the normalised ``problem`` and ``answer`` columns."""
+    import datasets
+
     # explicit features: without them a numeric `answer` column keeps its type (27.0 instead of "27")
-    return dataset.map(normalize_doc, remove_columns=dataset.column_names, features=_FEATURES)
+    features = datasets.Features({"problem": datasets.Value("string"), "answer": datasets.Value("string")})
+    return dataset.map(normalize_doc, remove_columns=dataset.column_names, features=features)
 
 
 def doc_to_text(doc: Mapping[str, str]) -> str:
     """The user message of the paper's protocol: the problem, then the step-by-step / ``\\boxed{}`` instruction."""
-    return doc["problem"] + PROMPT_SUFFIX
+    return user_message(doc["problem"])
 
 
 def process_results(doc: Mapping[str, str], results: list[Any]) -> dict[str, float]:
@@ -78,7 +81,40 @@ def jsonl_dataset(data_files: str, config_source: str | None = None, **_: Any) -
         path = Path(config_source).parent / path
     if not path.is_file():
         raise FileNotFoundError(f"JSONL data file not found: {path}")
+    import datasets
+
     return datasets.load_dataset("json", data_files={"test": str(path)})
+
+
+def read_problems(path: str | Path, n: int | None = None) -> list[dict[str, str]]:
+    """The first `n` (all when None) records of a JSONL file, normalised by `normalize_doc` as `eval` reads them.
+
+    Blank lines are skipped; a line that is not a JSON object with a problem and an answer is a ValueError
+    naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no JSONL file at {str(path)!r}")
+    rows: list[dict[str, str]] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if n is not None and len(rows) == n:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}")
+            try:
+                rows.append(normalize_doc(record))
+            except ValueError as err:
+                raise ValueError(f"{path}:{number}: {err}") from None
+    if not rows:
+        raise ValueError(f"{path} holds no problems")
+    return rows
 
 
 def write_jsonl(problems: Iterable[Mapping[str, Any]], path: str | Path) -> int:

@@ -1,29 +1,18 @@
-"""Sample completions for toy problems in batches and grade them, with 95% confidence intervals."""
+"""Sample completions for toy problems in batches and grade them with the paper's grader (`grading.is_correct`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_extrapolate.evaluation.grading import is_correct
 from hf_extrapolate.processor import generate_arguments
-from hf_extrapolate.toy.task import format_prompt, is_correct
+from hf_extrapolate.toy.task import format_prompt
 
 MAX_NEW_TOKENS = 80  # the longest solution is about 60 characters
-T_95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (Student t for under 11 values, else normal)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, T_95.get(n, 1.96) * sd / math.sqrt(n)
 
 
 @torch.no_grad()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 
-PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+from hf_extrapolate.evaluation.grading import build_prompt, user_message
+
 SPLITS = ("train", "test")
 TEST_SHARE = 5  # one problem in TEST_SHARE (by hash) is held out
 MIN_OPS, MAX_OPS = 3, 6
@@ -83,30 +83,5 @@ def make_problems(split: str, n: int, seed: int = 0) -> list[dict]:
 
 
 def format_prompt(problem: str, tokenizer) -> str:
-    """The paper's prompt: the chat template around `problem + "\\n" + PROMPT_SUFFIX`, ready for the answer."""
-    messages = [{"role": "user", "content": problem + "\n" + PROMPT_SUFFIX}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
-
-
-def is_correct(completion: str, answer: str) -> bool:
-    """Exact match of the last `\\boxed{}` with `answer` (integers compared as numbers)."""
-    got = last_boxed(completion)
-    if got is None:
-        return False
-    got, want = got.strip(), answer.strip()
-    if re.fullmatch(r"[+-]?\d+", got) and re.fullmatch(r"[+-]?\d+", want):
-        return int(got) == int(want)
-    return got == want
+    """The paper's prompt (`grading.user_message` in `grading.build_prompt`), ready for the answer."""
+    return build_prompt(tokenizer, user_message(problem))

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -29,11 +30,12 @@ import torch
 from filelock import FileLock, Timeout
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from hf_extrapolate.evaluation.grading import INSTRUCTION
 from hf_extrapolate.extras import require_extra
-from hf_extrapolate.toy.task import PROMPT_SUFFIX, format_prompt, is_correct, make_problems, noisy_solution
+from hf_extrapolate.toy.task import format_prompt, make_problems, noisy_solution
 from hf_extrapolate.toy.tokenizer import EOS, IM_END, build_tokenizer
 
-TOY_TOKENS = ("user", "assistant", "Compute ", PROMPT_SUFFIX, "\\boxed{")  # whole strings matched as one token
+TOY_TOKENS = ("user", "assistant", "Compute ", INSTRUCTION, "\\boxed{")  # whole strings matched as one token
 PIPELINE_VERSION = 1  # part of every cache key: bump it when a change to this file changes the models
 SETTINGS_FILE = "toy_settings.json"
 POSITIVE_FIELDS = (
@@ -209,9 +211,31 @@ def train_base(settings: ToySettings, out: Path) -> None:
     _save(trainer, tokenizer, out, settings, start)
 
 
+def exact_match_reward(completion: str, answer: str) -> bool:
+    """The toy pair's GRPO reward rule: the text between the last `\\boxed{` and its balanced `}` equals `answer`
+    (integers compared as numbers).
+
+    Not the paper's grader (`grading.is_correct`, math-verify, which also reads `\\fbox` and skips escaped braces):
+    every cached toy pair and published toy number was trained with this rule, so it stays frozen here, under
+    `PIPELINE_VERSION`. Evaluation never uses it.
+    """
+    start = completion.rfind("\\boxed{")
+    if start < 0:
+        return False
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(completion)):
+        depth += {"{": 1, "}": -1}.get(completion[j], 0)
+        if depth == 0:
+            got, want = completion[i + 1 : j].strip(), answer.strip()
+            if re.fullmatch(r"[+-]?\d+", got) and re.fullmatch(r"[+-]?\d+", want):
+                return int(got) == int(want)
+            return got == want
+    return False
+
+
 def _correctness(completions: list[str], answer: list[str], **_) -> list[float]:
-    """GRPO reward: 1 if the last `\\boxed{}` is the answer, else 0."""
-    return [float(is_correct(c, a)) for c, a in zip(completions, answer, strict=True)]
+    """GRPO reward: `exact_match_reward` of each completion, as 1.0 or 0.0."""
+    return [float(exact_match_reward(c, a)) for c, a in zip(completions, answer, strict=True)]
 
 
 def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
