@@ -246,10 +246,12 @@ def test_read_problems_reads_what_eval_reads(tmp_path: Path) -> None:
     ]
     for i, record in enumerate(records):  # one file each: `datasets` wants one type per column within a file
         path = tmp_path / f"{i}.jsonl"
-        path.write_text(json.dumps(record) + "\n\n" + json.dumps(record) + "\n")
+        path.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
         eval_rows = list(process_docs(jsonl_dataset(str(path))["test"]))
         assert read_problems(path) == eval_rows == [expected[i]] * 2
         assert read_problems(path, 1) == eval_rows[:1]
+        path.write_text(json.dumps(record) + "\n\n" + json.dumps(record) + "\n")  # (datasets < 5 refuses blank lines)
+        assert read_problems(path) == eval_rows
 
 
 @pytest.mark.parametrize(
