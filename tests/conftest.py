@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,13 @@ def folder_digest(folder: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every file below ``folder``: hash it before and after a command that writes."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """End a server the test started: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import stop_process
 
 from hf_extrapolate import DeltaLogpExtrapolation
 
@@ -70,12 +71,7 @@ def running_demo(pair_dir: Path, root: Path, *options: str) -> Iterator[tuple[st
                 time.sleep(0.5)
         yield url, proc, log_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc)
         log.close()
 
 

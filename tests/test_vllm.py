@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import perturbed
+from conftest import perturbed, stop_process
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel, LogitsProcessorList, Qwen2Config
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
@@ -322,12 +322,7 @@ def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, token
             assert choice["token_ids"] == list(expected.token_ids)
             assert choice["text"] == expected.text
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=60)
         log.close()
 
 
