@@ -1,5 +1,5 @@
 """Optional dependencies: a plain ``pip install hf-extrapolate`` holds the core (processor, wrapper, generate, export);
-evaluation, training, the demo and quantization need an extra (``pip install "hf-extrapolate[eval]"`` and so on)."""
+evaluation, training, the demo, quantization and vLLM need an extra (``pip install "hf-extrapolate[eval]"``, ...)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib.util
 
 # optional dependency -> the extra of pyproject.toml that installs it (the CLI names it when an import fails)
 EXTRAS = {"lm_eval": "eval", "math_verify": "eval", "trl": "train", "datasets": "train", "gradio": "demo",
-          "bitsandbytes": "quant"}  # fmt: skip
+          "bitsandbytes": "quant", "vllm": "vllm"}  # fmt: skip
 
 
 class MissingExtraError(ModuleNotFoundError):

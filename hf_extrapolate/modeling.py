@@ -32,6 +32,7 @@ from .configuration import ExtrapolatedConfig, ExtrapolationConfig, extrapolatio
 from .extrapolation import NEG_INF, check_finite_scores, combine
 from .loading import HUB_KWARGS, SOURCE_ATTR, check_tokenizers, load_pair
 from .processor import (
+    CACHE_KWARG,
     NEUTRAL,
     WARPERS,
     call_settings,
@@ -204,6 +205,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> ExtrapolatedCausalLMOutput:
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("ExtrapolatedForCausalLM takes input_ids (the two models embed tokens separately)")
+        cache = kwargs.pop(CACHE_KWARG, cache)  # `generate` of transformers < 5.24 passes `past_key_values`
         if cache is not None and not isinstance(cache, PairCache):
             raise ValueError(f"cache must be a PairCache holding both models' caches, got {type(cache).__name__}")
         use_cache = cache is not None if use_cache is None else use_cache
@@ -216,7 +218,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         rl_logits, base_logits = (
             model(
                 **{k: v.to(model_device(model)) if v is not None else None for k, v in inputs.items()},
-                cache=sub_cache, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                use_cache=use_cache, logits_to_keep=logits_to_keep, **{CACHE_KWARG: sub_cache},
             ).logits
             for model, sub_cache in zip((self.rl, self.base), caches)
         )  # fmt: skip
@@ -240,7 +242,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.nll_loss(shift, labels[..., 1:].reshape(-1).to(shift.device), ignore_index=-100)
         resampled, changed = rates if rates is not None else (None, None)
         return ExtrapolatedCausalLMOutput(
-            loss=loss, logits=logp, cache=cache if use_cache else None, resampled=resampled, changed=changed
+            loss=loss, logits=logp, resampled=resampled, changed=changed, **{CACHE_KWARG: cache if use_cache else None}
         )
 
     @torch.no_grad()
@@ -281,8 +283,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
                 f"cache_implementation={generation_config.cache_implementation!r} is not supported by "
                 "ExtrapolatedForCausalLM; it keeps one dynamic cache per model"
             )
-        if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.new_cache()
+        if model_kwargs.get(CACHE_KWARG) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_KWARG] = self.new_cache()
 
     # -- saving and loading ----------------------------------------------------------------------------
     def save_pretrained(

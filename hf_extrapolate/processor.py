@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import threading
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+)
 
 from .configuration import ExtrapolationConfig, extrapolation_config
 from .extrapolation import NEG_INF, check_finite_scores, combine
@@ -34,6 +42,10 @@ PENALTIES: dict[str, Any] = {
 # every setting that changes the scores, neutral: what a model's own generation_config contributes to a pair
 NEUTRAL: dict[str, Any] = {**WARPERS, **PENALTIES, "guidance_scale": None}
 SELECTIVE_SAMPLING = ("temperature", "top_p")  # the only warpers selective mode takes (as its own settings)
+# the name of a model's KV-cache argument and output field: `cache` from transformers 5.24 on, `past_key_values` before
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else (
+    "past_key_values"
+)
 
 
 def neutral_generation_config(config: GenerationConfig) -> GenerationConfig:
@@ -340,7 +352,7 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.base_model(
             input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[:, start:],
-            cache=stream.cache, use_cache=True, logits_to_keep=1,
+            use_cache=True, logits_to_keep=1, **{CACHE_KWARG: stream.cache},
         )  # fmt: skip
         stream.ids = input_ids
         return out.logits[:, -1].float()

@@ -10,7 +10,9 @@ import threading
 
 import pytest
 import torch
+import transformers
 from conftest import perturbed, tiny_model
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM, ExtrapolationConfig
@@ -182,11 +184,16 @@ PENALTIES = {
     "bad_words_ids": {"bad_words_ids": [[94], [79]]},
     "min_new_tokens": {"min_new_tokens": 10, "eos_token_id": 21},  # 21: the first token of two rows, in both modes
 }
+# before 5.23, `generate` counts a row's left padding as context for repetition_penalty, so that a padded batch differs
+# from its rows alone with the RL model alone too: the reference (rows alone) holds from 5.23 on
+PADDING_COUNTS = Version(transformers.__version__) < Version("5.23")
 
 
 @pytest.mark.parametrize("penalty", PENALTIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_penalties_apply_once_after_extrapolation(models, tokenizer, mode, penalty):
+    if penalty == "repetition_penalty" and PADDING_COUNTS:
+        pytest.skip(f"transformers {transformers.__version__} penalizes left padding as context (fixed in 5.23)")
     rl, base = models
     settings, kwargs = MODES[mode], PENALTIES[penalty]
     prompts = ["12+3=", "1+1234567=", "a"]
