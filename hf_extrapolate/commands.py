@@ -91,9 +91,14 @@ def dry_run(args: argparse.Namespace, tokens: int) -> int:
     dtype = "nf4" if args.load_in_4bit else "int8" if args.load_in_8bit else args.dtype
     dtype = "bfloat16" if dtype == "auto" else dtype
     rl, base = resolve_pair(args)
-    print(
-        json.dumps(estimate_memory(rl, base, dtype, tokens=tokens, trust_remote_code=args.trust_remote_code), indent=2)
-    )
+    load = dict(tokens=tokens, trust_remote_code=args.trust_remote_code)
+    if getattr(args, "backend", "hf") == "vllm":
+        from .vllm.memory import vllm_memory
+
+        report = vllm_memory(rl, base, dtype, gpu_gib=args.gpu_gib, **load)
+    else:
+        report = estimate_memory(rl, base, dtype, **load)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -109,7 +114,29 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    engine = p.add_argument_group("backend")
+    engine.add_argument(
+        "--backend", choices=("hf", "vllm"), default="hf",
+        help="hf: transformers generate, streamed; vllm: the pair as one vLLM model, printed when done",
+    )  # fmt: skip
+    engine.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs to shard both models over")
+    engine.add_argument(
+        "--vllm-arg", type=engine_argument, action="append", default=[], metavar="NAME=VALUE", dest="vllm_args",
+        help="vllm: another vllm.LLM argument, e.g. enforce_eager=true, max_model_len=4096 (repeatable)",
+    )  # fmt: skip
+    engine.add_argument("--gpu-gib", type=float, default=80.0, help="vllm --dry-run: memory of one GPU, GiB")
     p.set_defaults(func=run_generate)
+
+
+def engine_argument(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as JSON where it parses (``true``, ``4096``, ``0.85``), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -120,6 +147,8 @@ def run_generate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.temperature, args.top_p)  # validate before loading anything
     if args.dry_run:
         return dry_run(args, tokens=args.max_new_tokens)
+    if args.backend == "vllm":
+        return generate_vllm(args, settings)
     import torch
     from transformers import TextStreamer
 
@@ -142,6 +171,31 @@ def run_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if proc.resample_rate is not None:
         print(f"[in expectation: {proc.resample_rate:.1%} of tokens resampled, {proc.changed_rate:.1%} changed]")
+    return 0
+
+
+def generate_vllm(args: argparse.Namespace, settings: ExtrapolationConfig) -> int:
+    """``generate --backend vllm``: the pair as one vLLM engine (`hf_extrapolate.vllm`), one completion printed."""
+    placed = {"--device-map": args.device_map, "--base-device-map": args.base_device_map,
+              "--load-in-4bit": args.load_in_4bit, "--load-in-8bit": args.load_in_8bit}  # fmt: skip
+    if given := [flag for flag, value in placed.items() if value]:
+        raise ValueError(f"{', '.join(given)}: transformers-backend options; vLLM places the pair itself "
+                         "(--tensor-parallel-size, --vllm-arg quantization=...)")  # fmt: skip
+    from .evaluation.grading import build_prompt
+    from .loading import load_tokenizer
+    from .vllm import import_vllm
+    from .vllm.engine import pair_engine, pair_sampling_params
+
+    vllm = import_vllm()
+    rl, base = resolve_pair(args)
+    tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
+    text = build_prompt(tokenizer, args.prompt, chat_template=not args.no_chat_template)
+    ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template).input_ids
+    engine = {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size, **dict(args.vllm_args)}
+    llm = pair_engine(rl, base, settings, trust_remote_code=args.trust_remote_code, **engine)
+    params = pair_sampling_params(settings, args.max_new_tokens, seed=args.seed)
+    (out,) = llm.generate([vllm.TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+    print(out.outputs[0].text)
     return 0
 
 

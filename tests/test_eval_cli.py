@@ -75,6 +75,26 @@ def test_eval_command_hands_every_argument_to_lm_eval(given: list, executed: lis
     assert get_model("hf").__name__ == "HFLM"  # registering hfx did not hide lm-eval's own models
 
 
+@pytest.mark.parametrize("backend", [["--backend", "vllm"], ["--backend=vllm"]])
+def test_backend_vllm_runs_hfx_as_hfx_vllm(backend: list, executed: list, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    args = ["--model", "hfx", "--model_args", "rl=a,base=b,gamma=0.5", "--tasks", "hfx_toy_arith"]
+    assert main(["eval", *backend, *args]) == 0
+    assert executed[0].model == "hfx_vllm" and executed[0].model_args == {"rl": "a", "base": "b", "gamma": 0.5}
+    assert command.select_backend(["--model=hfx", "--backend", "vllm"]) == ["--model=hfx_vllm"]
+    assert command.select_backend(["--backend", "hf", "--model", "hfx"]) == ["--model", "hfx"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--backend", "tpu", "--model", "hfx"], "--backend must be one of hf, vllm, got 'tpu'"),
+     (["--backend", "vllm", "--model", "hf"], "--backend vllm runs --model hfx")],
+)  # fmt: skip
+def test_backend_refuses_what_it_cannot_run(argv: list, message: str, capsys) -> None:
+    assert main(["eval", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_eval_command_keeps_the_include_path_of_a_config_file(executed: list, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("model: hfx\ntasks: hfx_toy_arith\ninclude_path: mine\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -23,10 +22,9 @@ import urllib.request
 import pytest
 import torch
 from conftest import perturbed, stop_process
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaModel, LogitsProcessorList, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
-from hf_extrapolate import processor as hf_processor
 from hf_extrapolate.extrapolation import combine
 from hf_extrapolate.modeling import write_pair_folder
 from hf_extrapolate.vllm.config import VllmPairConfig
@@ -36,11 +34,6 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (docs/vllm.md: a venv of its own)")
-# the processor route passes its cache as `cache=` (transformers >= 5.24) unless it knows the older name
-HF_ROUTE_OK = "cache" in inspect.signature(LlamaModel.forward).parameters or hasattr(hf_processor, "CACHE_KWARG")
-needs_hf_route = pytest.mark.skipif(
-    not HF_ROUTE_OK, reason="hf_extrapolate's processor route does not support this transformers version's cache API"
-)
 
 PROMPTS = ["12+3=", "1+1234567=", "a", "99*9=12", "7"]
 NEW = [48, 60, 52, 56, 50]  # different lengths, so that queued requests join while others decode
@@ -107,9 +100,7 @@ def processor_greedy(rl, base, tokenizer, settings: dict, new: int) -> list[list
     """The transformers processor route: one left-padded batch through `generate`, greedy."""
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     proc = DeltaLogpExtrapolation(base, tokenizer=tokenizer, **settings)
-    out = rl.generate(
-        **enc, do_sample=False, max_new_tokens=new, pad_token_id=0, logits_processor=LogitsProcessorList([proc])
-    )
+    out = rl.generate(**proc.generate_kwargs(rl, **enc, do_sample=False, max_new_tokens=new, pad_token_id=0))
     return out[:, enc.input_ids.shape[1] :].tolist()
 
 
@@ -226,7 +217,6 @@ def test_greedy_equals_no_cache_loop_and_logprobs_equal_hf_route(llama_pair, lla
 
 
 @needs_vllm
-@needs_hf_route
 @pytest.mark.slow
 def test_greedy_equals_hf_processor_route(llama_pair, llama_llm, tokenizer):
     rl, base, _ = llama_pair
@@ -392,3 +382,98 @@ def test_pair_engine_from_members_samples_the_settings_as_the_cli_gives_them(lla
     finally:
         close(llm)
     assert list(out.token_ids) == no_cache_greedy(rl, base, prompt_ids(tokenizer)[1], 48, settings, 103)
+
+
+# -- the command line and lm-eval (each in a process of its own, as users run them) ---------------------------------
+
+ONE_PROCESS = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+CLI_ENGINE = ["--vllm-arg", "enforce_eager=true", "--vllm-arg", "max_model_len=256",
+              "--vllm-arg", "distributed_executor_backend=uni"]  # fmt: skip
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_extrapolate.cli", *args], cwd=cwd, env=ONE_PROCESS,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_dry_run_reports_the_pairs_vllm_memory(tmp_path, tokenizer):
+    """Both halves' weights and KV per token (twice one model's), and the smallest tensor-parallel size that fits."""
+    save_pair(tmp_path, tokenizer, "llama", FULL)
+    proc = run_cli("generate", "--rl", str(tmp_path / "rl"), "--base", str(tmp_path / "base"), "--prompt", "x",
+                   "--backend", "vllm", "--dry-run", "--dtype", "float32", "--gpu-gib", "1", "--max-new-tokens", "64",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    one_model_kv = 2 * 2 * 1 * 32 * 4  # K and V, 2 layers, 1 KV head, head_dim 32, float32: bytes per token
+    assert report["vllm"]["kv_cache_kib_per_token"] == pytest.approx(2 * one_model_kv / 1024)
+    assert report["vllm"]["weights_gib"] == pytest.approx(report["rl"]["weights_gib"] + report["base"]["weights_gib"])
+    assert report["vllm"]["suggested_tensor_parallel_size"] == 1
+    assert [p["tensor_parallel_size"] for p in report["vllm"]["plans"]] == [1, 2]  # 2 heads: TP 4+ cannot split them
+
+
+def test_import_vllm_names_the_cpu_install_trap(tmp_path, monkeypatch):
+    """A vllm whose import fails on a mismatched torchvision (vllm-cpu's install) gives one line with the fix."""
+    from hf_extrapolate.vllm import import_vllm
+
+    fake = tmp_path / "vllm"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    with pytest.raises(ImportError, match=r"pip uninstall -y torchvision torchaudio torchcodec"):
+        import_vllm()
+
+
+@needs_vllm
+def test_cpu_distribution_answers_for_vllm(monkeypatch):
+    import importlib.metadata as metadata
+
+    from hf_extrapolate.vllm import alias_cpu_distribution
+
+    try:
+        expected = metadata.version("vllm")  # a GPU install: nothing to do
+    except metadata.PackageNotFoundError:
+        expected = metadata.version("vllm-cpu") + "+cpu"  # what vLLM's own platform check reads
+    monkeypatch.setattr(metadata, "version", metadata.version)  # restored after the test
+    alias_cpu_distribution()
+    assert metadata.version("vllm") == expected
+    assert metadata.version("pytest") == pytest.__version__  # other names untouched
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_generate_backend_vllm_prints_the_engines_greedy_text(llama_pair, llama_llm, tokenizer, tmp_path):
+    from vllm import SamplingParams, TokensPrompt
+
+    rl, base = str(folder_of(llama_pair, "rl")), str(folder_of(llama_pair, "base"))
+    ids = tokenizer("12+3=", add_special_tokens=not tokenizer.chat_template).input_ids
+    (expected,) = llama_llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(temperature=0, max_tokens=24))
+    proc = run_cli("generate", "--rl", rl, "--base", base, "--gamma", "0.5", "--temperature", "0", "--prompt", "12+3=",
+                   "--no-chat-template", "--max-new-tokens", "24", "--dtype", "float32", "--backend", "vllm",
+                   *CLI_ENGINE, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.endswith(expected.outputs[0].text + "\n")
+
+
+def folder_of(pair, role: str):
+    return pair[2].parent / role
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["gamma=0.5", "gamma=1.0,select=delta_logp,threshold=-0.3"])
+def test_eval_backend_vllm_answers_like_the_hf_route(llama_pair, tmp_path, settings):
+    """`hf-extrapolate eval --backend vllm` and the transformers route (`--model hfx`) give the same greedy responses
+    on hfx_toy_arith, full and selective (whose greedy task temperature goes to the pair per request)."""
+    rl, base = folder_of(llama_pair, "rl"), folder_of(llama_pair, "base")
+    common = ["--tasks", "hfx_toy_arith", "--limit", "4", "--gen_kwargs", "max_gen_toks=24", "--log_samples"]
+    responses = {}
+    for backend, extra in (("hf", ",dtype=float32"), ("vllm", ",dtype=float32,enforce_eager=True,max_model_len=256")):
+        out = tmp_path / backend
+        proc = run_cli("eval", "--backend", backend, "--model", "hfx", "--model_args",
+                       f"rl={rl},base={base},{settings}{extra}", *common, "--output_path", str(out),
+                       *(["--device", "cpu"] if backend == "hf" else []), cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (samples,) = out.rglob("samples_hfx_toy_arith_*.jsonl")
+        responses[backend] = [json.loads(line)["resps"] for line in samples.read_text().splitlines()]
+    assert responses["vllm"] == responses["hf"]

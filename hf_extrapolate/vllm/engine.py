@@ -1,4 +1,4 @@
-"""A vLLM engine for a pair given by its members, for the CLI's ``--backend vllm``."""
+"""A vLLM engine for a pair given by its members, for the CLI's ``--backend vllm`` and lm-eval's ``hfx_vllm``."""
 
 from __future__ import annotations
 
@@ -11,23 +11,33 @@ from typing import Any
 from ..configuration import ExtrapolationConfig
 
 
-def pair_engine(rl: str, base: str, settings: ExtrapolationConfig, *, trust_remote_code: bool = False, **engine: Any):
-    """A `vllm.LLM` serving the pair ``(rl, base)`` with ``settings``: it writes the folder `export` writes (in a
-    temporary directory, removed with the engine) and loads it; ``engine`` goes to `vllm.LLM` (``dtype``,
-    ``tensor_parallel_size``, ``max_model_len``, ...)."""
-    from vllm import LLM
-
+def temporary_pair_folder(rl: str, base: str, settings: ExtrapolationConfig, **load: Any) -> str:
+    """Write the folder `export` writes for ``(rl, base)`` with ``settings`` into a new temporary directory (the
+    caller removes it); ``load`` (``trust_remote_code``) goes to the tokenizers, which must agree."""
     from ..loading import check_tokenizers, load_tokenizer
     from ..modeling import write_pair_folder
-    from . import register
 
-    tokenizer = load_tokenizer(rl, "RL", trust_remote_code=trust_remote_code)
-    check_tokenizers(tokenizer, load_tokenizer(base, "base", trust_remote_code=trust_remote_code), rl, base)
-    register()
+    tokenizer = load_tokenizer(rl, "RL", **load)
+    check_tokenizers(tokenizer, load_tokenizer(base, "base", **load), rl, base)
     rl, base = (str(Path(name).resolve()) if Path(name).is_dir() else name for name in (rl, base))
     folder = tempfile.mkdtemp(prefix="hfx-vllm-pair-")
     try:
         write_pair_folder(folder, rl, base, settings, tokenizer)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def pair_engine(rl: str, base: str, settings: ExtrapolationConfig, *, trust_remote_code: bool = False, **engine: Any):
+    """A `vllm.LLM` serving the pair ``(rl, base)`` with ``settings`` from a temporary pair folder (removed with the
+    engine); ``engine`` goes to `vllm.LLM` (``dtype``, ``tensor_parallel_size``, ``max_model_len``, ...)."""
+    from . import import_vllm, register
+
+    LLM = import_vllm().LLM
+    register()
+    folder = temporary_pair_folder(rl, base, settings, trust_remote_code=trust_remote_code)
+    try:
         llm = LLM(folder, trust_remote_code=trust_remote_code, **engine)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
