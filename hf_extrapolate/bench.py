@@ -45,8 +45,11 @@ VARIANTS: dict[str, str] = {
     "wrapper": "ExtrapolatedForCausalLM.generate, full mode",
     "selective": "DeltaLogpExtrapolation, selective mode (resample where Δlog p ≤ −0.3)",
     "nocache": "the reference code's way: the base model re-reads the whole prefix at every step",
+    "vllm-rl": "the RL model alone in vLLM (load_format=dummy: random weights)",
+    "vllm-pair": "the pair as one vLLM model (hf_extrapolate.vllm), full mode",
 }
 EXTRAPOLATING = ("processor", "wrapper", "selective")
+VLLM_VARIANTS = ("vllm-rl", "vllm-pair")
 # Llama shapes: "cpu" (49M parameters) is the same-size pair the CPU targets are set on, with grouped-query
 # attention (4 query heads per key/value head) like the paper's Qwen2.5 models and Llama 3; "0.5b"/"1.5b"
 # (Qwen2-like) are for GPUs; "tiny" is for smoke tests of the benchmark itself
@@ -57,8 +60,18 @@ PRESETS: dict[str, dict[str, int]] = {
                  num_key_value_heads=2, vocab_size=151936),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936),
+    # 124M parameters, head_dim 64 (the CPU attention backend of vLLM needs head_dim >= 32): `--backend vllm`
+    "vllm": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=4, vocab_size=32000),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1000),
+}  # fmt: skip
+# each backend's grid: what `bench` measures where the command line does not say
+GRIDS: dict[str, dict[str, Any]] = {
+    "hf": dict(lengths=[(32, 256), (32, 1024)], batches=[1, 8], repeats=3, model="cpu",
+               variants=[v for v in VARIANTS if v not in VLLM_VARIANTS]),
+    "vllm": dict(lengths=[(32, 256)], batches=[16, 64], repeats=1, model="vllm",
+                 variants=["vllm-rl", "vllm-pair", "processor"]),
 }  # fmt: skip
 GAMMA, THRESHOLD = 0.5, -0.3
 PAD_ID = 0
@@ -102,12 +115,17 @@ def lower_bound(stamps: list[float], steps: int) -> float:
     return stamps[-1] - stamps[0] + max(0, steps - done) * rate
 
 
-def _build(preset: str, seed: int, dtype: torch.dtype, device: str, load_in_4bit: bool) -> PreTrainedModel:
-    """A random-weight Llama of the preset's shape; the seed alone tells the RL model from the base model."""
-    config = LlamaConfig(
+def preset_config(preset: str) -> LlamaConfig:
+    """The Llama config of a preset (both models of a benchmark pair have it)."""
+    return LlamaConfig(
         **PRESETS[preset], max_position_embeddings=4096, tie_word_embeddings=False,
         pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
+
+
+def _build(preset: str, seed: int, dtype: torch.dtype, device: str, load_in_4bit: bool) -> PreTrainedModel:
+    """A random-weight Llama of the preset's shape; the seed alone tells the RL model from the base model."""
+    config = preset_config(preset)
     torch.manual_seed(seed)
     with torch.device(device):  # initialise in place: a 1.5B model is not built in float32 on the CPU first
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -176,10 +194,15 @@ def measure(
     two-stage sampler does) and every other variant in `generate`. The no-cache variant stops after
     ``nocache_budget`` seconds; its times are then `lower_bound`s.
     """
+    if variant in VLLM_VARIANTS:
+        from .vllm.bench import measure_vllm
+
+        return measure_vllm(variant, prompt, new, batch, preset=preset, device=device, dtype=dtype, top_p=top_p)
     if threads:
         torch.set_num_threads(threads)
     _warm_runtime(device)
     start_memory = _memory(device)
+    began = time.perf_counter()
     models = [
         _build(preset, seed, getattr(torch, dtype), device, load_in_4bit)
         for seed in ((0,) if variant == "rl" else (0, 1))
@@ -198,6 +221,7 @@ def measure(
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     ids = torch.randint(3, rl.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
+    startup = time.perf_counter() - began
 
     def generate(n: int, stopping_criteria: list[StoppingCriteria] | None = None) -> torch.Tensor:
         torch.manual_seed(0)
@@ -224,6 +248,7 @@ def measure(
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "startup_seconds": startup,
         "tokens": tokens,
         "peak_bytes": _peak(device) - start_memory,
         "expected_bytes": sum(m.get_memory_footprint() for m in models)
@@ -292,6 +317,7 @@ def run(
             "cpu_seconds": statistics.median(s["cpu_seconds"] for s in runs), "tokens_per_s": b * n / seconds,
             "lower_bound": any(s["tokens"] < n for s in runs), "tokens": min(s["tokens"] for s in runs),
             "peak_bytes": statistics.median(s["peak_bytes"] for s in runs), "expected_bytes": runs[0]["expected_bytes"],
+            "startup_seconds": statistics.median(s["startup_seconds"] for s in runs),
         })  # fmt: skip
     rl = {(r["prompt"], r["new"], r["batch"]): r for r in rows if r["variant"] == "rl"}
     for row in rows:
@@ -333,6 +359,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             check(name, limit=5.0, at_most=False, **ratio(row, at[(p, n, b, "processor")]))
         if v in EXTRAPOLATING:
             check(f"{v} peak / (models + caches), {p}/{n}, batch {b}", row["peak_bytes"] / row["expected_bytes"], 1.1)
+        if v == "vllm-pair" and (p, n, b, "vllm-rl") in at:
+            name = f"vllm-pair time / vllm-rl time, {p}/{n}, batch {b}"
+            check(name, limit=2.1, **ratio(row, at[(p, n, b, "vllm-rl")]))
+        if v == "vllm-pair" and (p, n, b, "processor") in at:
+            name = f"processor time / vllm-pair time, {p}/{n}, batch {b}"
+            check(name, limit=3.0, at_most=False, **ratio(at[(p, n, b, "processor")], row))
     return out
 
 
@@ -342,9 +374,9 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], info: dic
         f"Command: `{command}`  ",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        "| prompt/new | batch | variant | tokens/s | time (s) | × RL | × RL, CPU time | peak MiB "
+        "| prompt/new | batch | variant | tokens/s | time (s) | × RL | × RL, CPU time | startup (s) | peak MiB "
         "| models+caches MiB | peak / (models+caches) | added / (base+cache) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratio = lambda x: f"{x:.2f}" if x is not None else "–"  # noqa: E731
     for r in rows:
@@ -352,7 +384,8 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]], info: dic
         lines.append(
             f"| {r['prompt']}/{r['new']} | {r['batch']} | {r['variant']} | {'≤ ' if bound else ''}"
             f"{r['tokens_per_s']:.1f} | {bound}{r['seconds']:.2f} | {bound}{ratio(r['vs_rl'])} | "
-            f"{bound}{ratio(r['cpu_vs_rl'])} | {r['peak_bytes'] / MIB:.0f} | {r['expected_bytes'] / MIB:.0f} | "
+            f"{bound}{ratio(r['cpu_vs_rl'])} | {r['startup_seconds']:.1f} | {r['peak_bytes'] / MIB:.0f} | "
+            f"{r['expected_bytes'] / MIB:.0f} | "
             f"{r['peak_bytes'] / r['expected_bytes']:.2f} | {ratio(r['added_vs_base'])} |"
         )
     if any(r["lower_bound"] for r in rows):
@@ -394,6 +427,13 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--load-in-4bit needs --device cuda (bitsandbytes)")
     if args.out:  # before the measurements, which take minutes
         check_output_folder(args.out, overwrite=args.overwrite)
+    for name, value in GRIDS[args.backend].items():  # what the command line leaves out
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if any(v in VLLM_VARIANTS for v in args.variants):
+        from .vllm import import_vllm
+
+        import_vllm()  # one line now if vLLM is missing, not a worker's traceback later
     if args.quick:
         args.lengths, args.repeats = [(32, 64)], 1
     settings = dict(preset=args.model, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
@@ -417,14 +457,15 @@ def main(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="decoding speed and peak memory against the RL model alone",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument(
-        "--lengths", type=_lengths, default=_lengths("32/256,32/1024"), help="PROMPT/NEW,... (32/256,32/1024)"
-    )
-    p.add_argument("--batches", type=_ints, default=[1, 8], help="batch sizes, comma-separated (1,8)")
-    p.add_argument("--variants", type=_names, default=list(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--repeats", type=int, default=3, help="runs per cell; medians are reported (3)")
+    p.add_argument("--lengths", type=_lengths, help="PROMPT/NEW,... (32/256,32/1024)")
+    p.add_argument("--batches", type=_ints, help="batch sizes, comma-separated (1,8)")
+    p.add_argument("--variants", type=_names, help=f"subset of {','.join(VARIANTS)} (all but the vllm ones)")
+    p.add_argument("--repeats", type=int, help="runs per cell; medians are reported (3)")
     p.add_argument("--quick", action="store_true", help="smoke run: 32/64 only, one repeat")
-    p.add_argument("--model", choices=list(PRESETS), default="cpu", help="random-weight Llama shape (cpu)")
+    p.add_argument("--backend", choices=list(GRIDS), default="hf",
+                   help="the grid when not given: vllm = vllm-rl,vllm-pair,processor, 124M 'vllm' preset, 32/256, "
+                   "batches 16,64, 1 repeat")  # fmt: skip
+    p.add_argument("--model", choices=list(PRESETS), help="random-weight Llama shape (cpu)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA only)")

