@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM
-from hf_extrapolate.bench import VARIANTS, lower_bound, markdown, measure, targets
+from hf_extrapolate.bench import GRIDS, lower_bound, markdown, measure, targets
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]  # left-padded to one length
 NEW = 6
@@ -51,7 +51,7 @@ def test_base_model_is_fed_one_new_token_per_step(pair, tokenizer, monkeypatch, 
 
 
 def test_measure_runs_every_variant_on_a_tiny_pair():
-    results = {v: measure(v, 4, 5, 2, preset="tiny") for v in VARIANTS}
+    results = {v: measure(v, 4, 5, 2, preset="tiny") for v in GRIDS["hf"]["variants"]}  # vLLM's: tests/test_vllm.py
     for variant, result in results.items():
         assert result["tokens"] == 5, variant
         assert result["seconds"] > 0 and result["peak_bytes"] > 0, variant
@@ -72,7 +72,7 @@ def test_targets_and_table_from_rows():
     def row(new, variant, seconds, peak=100.0, expected=100.0, lower_bound=False):
         return {"prompt": 32, "new": new, "batch": 1, "variant": variant, "seconds": seconds, "cpu_seconds": seconds,
                 "tokens": new, "lower_bound": lower_bound, "runs": [seconds], "tokens_per_s": new / seconds,
-                "peak_bytes": peak, "expected_bytes": expected}  # fmt: skip
+                "peak_bytes": peak, "expected_bytes": expected, "startup_seconds": 0.5}  # fmt: skip
 
     rows = [row(256, "rl", 1.0), row(256, "processor", 2.0, 230.0, 200.0), row(1024, "rl", 4.0),
             row(1024, "processor", 9.0), row(1024, "nocache", 50.0, lower_bound=True)]  # fmt: skip
