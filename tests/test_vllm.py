@@ -171,6 +171,16 @@ def test_pair_config_refuses_what_it_cannot_build(tmp_path, tokenizer, change, m
         VllmPairConfig.from_pretrained(tmp_path / "pair")
 
 
+@needs_vllm
+def test_pair_config_refuses_a_head_dim_the_cpu_backend_lacks(tmp_path, tokenizer):
+    save_pair(tmp_path, tokenizer, "llama", FULL)
+    for role in ("rl", "base"):  # head_dim 16: vLLM's CPU attention has 32, 64, 80, ...
+        target = tmp_path / role / "config.json"
+        target.write_text(json.dumps({**json.loads(target.read_text()), "head_dim": 16}))
+    with pytest.raises(ValueError, match=r"CPU attention supports head_dim 32, 64, .*; these models have 16"):
+        VllmPairConfig.from_pretrained(tmp_path / "pair")
+
+
 def test_sampler_guard():
     from_args = pytest.importorskip("vllm").SamplingParams
     from hf_extrapolate.vllm.sampling import check_sampler, request_settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +44,26 @@ def check_members(rl: PretrainedConfig, base: PretrainedConfig) -> None:
     if diff:
         shown = ", ".join(f"{k} {a} vs {b}" for k, a, b in diff)
         raise ValueError(f"the RL and base models of a vLLM pair must share their shapes; they differ in {shown}")
+    check_head_dim(head_dim(rl))
+
+
+def check_head_dim(size: int) -> None:
+    """On vLLM's CPU platform, refuse a head_dim its attention backend lacks, with one line (vLLM's own error comes
+    from deep inside engine start)."""
+    if importlib.util.find_spec("vllm") is None:  # the config read without vLLM (tools, tests): nothing to check
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if size not in sizes:
+        raise ValueError(
+            f"vLLM's CPU attention supports head_dim {', '.join(map(str, sizes))}; these models have {size}: use the "
+            "transformers route on this machine (the toy pair: train-toy --set num_heads=3 gives head_dim 32)"
+        )
 
 
 class VllmPairConfig(ExtrapolatedConfig):
