@@ -10,7 +10,12 @@ from conftest import tiny_model
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from hf_extrapolate.training import DirectionalGRPOTrainer, direction_weights, dominate_weights
+from hf_extrapolate.training import (
+    DirectionalGRPOConfig,
+    DirectionalGRPOTrainer,
+    direction_weights,
+    dominate_weights,
+)
 
 C = 0.2
 
@@ -29,15 +34,17 @@ def test_dominate_weights_formula():
     torch.testing.assert_close(got, torch.tensor([C * p + 1 - C for p in probs]))
 
 
-def _trainer(cls, tokenizer, tmp_path, **kwargs):
-    args = GRPOConfig(
+def _trainer(cls, tokenizer, tmp_path, **reweighting):
+    """A trainer of ``cls``; ``reweighting`` (reweight, reweight_c) makes its config a DirectionalGRPOConfig."""
+    config = DirectionalGRPOConfig if reweighting else GRPOConfig
+    args = config(
         output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4, num_generations=2,
-        max_completion_length=8, loss_type="dapo", epsilon=0.2, epsilon_high=0.28,
+        max_completion_length=8, loss_type="dapo", epsilon=0.2, epsilon_high=0.28, **reweighting,
     )  # fmt: skip
     data = Dataset.from_list([{"prompt": "1+1="}] * 4)
     return cls(
         model=tiny_model(), reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
-        train_dataset=data, processing_class=tokenizer, **kwargs,
+        train_dataset=data, processing_class=tokenizer,
     )  # fmt: skip
 
 
@@ -126,6 +133,7 @@ def test_uses_old_logps_when_given(trainers):
     batch["old_per_token_logps"] = torch.full(batch["completion_ids"].shape, math.log(0.5))
     scaled = {**batch, "advantages": batch["advantages"] * (1 + C - C * 0.5)}
     torch.testing.assert_close(_loss(trainers["direction"], batch), _loss(trainers["plain"], scaled))
+    assert trainers["direction"]._metrics["eval"]["reweight/mean_weight"][-1] == pytest.approx(1 + C - C * 0.5)
 
 
 def test_rejects_bad_options(tokenizer, tmp_path):

@@ -241,16 +241,15 @@ def _correctness(completions: list[str], answer: list[str], **_) -> list[float]:
 def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     """GRPO (optionally reweighted along the RLVR direction) from the base model in `base`."""
     from datasets import Dataset
-    from trl import GRPOConfig
 
-    from hf_extrapolate.training import DirectionalGRPOTrainer
+    from hf_extrapolate.training import DirectionalGRPOConfig, DirectionalGRPOTrainer
 
     start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     batch = settings.grpo_prompts * settings.num_generations
     problems = make_problems("train", settings.grpo_steps * settings.grpo_prompts, seed=settings.seed + 1000)
     rows = [{"prompt": format_prompt(p["problem"], tokenizer), "answer": p["answer"]} for p in problems]
-    args = GRPOConfig(
+    args = DirectionalGRPOConfig(
         **_common_args(settings, out),
         per_device_train_batch_size=batch,
         num_generations=settings.num_generations,
@@ -262,6 +261,8 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
         epsilon=0.2,
         epsilon_high=0.28,
         loss_type="dapo",
+        reweight=settings.reweight,
+        reweight_c=settings.reweight_c,
     )
     trainer = DirectionalGRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(base),
@@ -269,8 +270,6 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        reweight=settings.reweight,
-        reweight_c=settings.reweight_c,
     )
     trainer.train()
     _save(trainer, tokenizer, out, settings, start)
