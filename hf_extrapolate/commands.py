@@ -225,8 +225,9 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .loading import check_tokenizers, load_tokenizer
-    from .modeling import ExtrapolatedForCausalLM, Member, locate, model_card, overlap, write_pair_folder
+    from .modeling import ExtrapolatedForCausalLM
     from .outputs import check_output_folder, output_folder
+    from .pair_folder import Member, locate, model_card, overlap, write_pair_folder
 
     settings = settings_from_args(args, args.temperature, args.top_p)
     if args.dry_run:
@@ -251,7 +252,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         from transformers import AutoConfig, GenerationConfig
 
-        from .modeling import context_length
+        from .pair_folder import context_length
         from .processor import neutral_generation_config
 
         tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)

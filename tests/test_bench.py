@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM
-from hf_extrapolate.bench import GRIDS, lower_bound, markdown, measure, targets
+from hf_extrapolate.bench import GRIDS, _run_one, lower_bound, markdown, measure, targets
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]  # left-padded to one length
 NEW = 6
@@ -51,7 +51,10 @@ def test_base_model_is_fed_one_new_token_per_step(pair, tokenizer, monkeypatch, 
 
 
 def test_measure_runs_every_variant_on_a_tiny_pair():
-    results = {v: measure(v, 4, 5, 2, preset="tiny") for v in GRIDS["hf"]["variants"]}  # vLLM's: tests/test_vllm.py
+    # in fresh processes, as `bench` runs them (a long-lived test process may hold more memory than any one run
+    # peaks at); the vLLM variants: tests/test_vllm.py
+    cases = {v: dict(variant=v, prompt=4, new=5, batch=2, preset="tiny") for v in GRIDS["hf"]["variants"]}
+    results = {v: _run_one(case) for v, case in cases.items()}
     for variant, result in results.items():
         assert result["tokens"] == 5, variant
         assert result["seconds"] > 0 and result["peak_bytes"] > 0, variant

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_extrapolate import ExtrapolatedForCausalLM, load_pair
 from hf_extrapolate.configuration import ExtrapolationConfig
-from hf_extrapolate.modeling import Member, locate, write_pair_folder
+from hf_extrapolate.pair_folder import Member, locate, write_pair_folder
 
 IDS = torch.tensor([[1, 5, 9, 14, 3, 7], [1, 22, 4, 8, 30, 2]])
 

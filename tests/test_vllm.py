@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
 from hf_extrapolate.extrapolation import combine
-from hf_extrapolate.modeling import write_pair_folder
+from hf_extrapolate.pair_folder import write_pair_folder
 from hf_extrapolate.vllm.config import VllmPairConfig
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ARCHITECTURE = "ExtrapolatedForCausalLM"  # what `write_pair_folder` writes in config.json's `architectures`
+from ..pair_folder import ARCHITECTURE
 
 
 class PairConfigHook:

@@ -17,7 +17,7 @@ from typing import Any
 from ..bench import GAMMA, _memory, _peak, _reset_peak, preset_config
 from ..configuration import ExtrapolationConfig
 from ..loading import model_memory
-from ..modeling import write_pair_folder
+from ..pair_folder import write_pair_folder
 
 
 def measure_vllm(

@@ -15,7 +15,7 @@ def temporary_pair_folder(rl: str, base: str, settings: ExtrapolationConfig, **l
     """Write the folder `export` writes for ``(rl, base)`` with ``settings`` into a new temporary directory (the
     caller removes it); ``load`` (``trust_remote_code``) goes to the tokenizers, which must agree."""
     from ..loading import check_tokenizers, load_tokenizer
-    from ..modeling import write_pair_folder
+    from ..pair_folder import write_pair_folder
 
     tokenizer = load_tokenizer(rl, "RL", **load)
     check_tokenizers(tokenizer, load_tokenizer(base, "base", **load), rl, base)
