@@ -51,9 +51,10 @@ from .processor import (
 
 @dataclass
 class ExtrapolatedCausalLMOutput(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` plus, in selective mode, each position's rates in closed form, ``[batch, positions]``:
-    ``resampled``, the chance that the proposal is redrawn from π_X, and ``changed``, the chance that the emitted
-    token differs from the proposal (see `SelectionRates`); both ``None`` in full mode."""
+    """`CausalLMOutputWithPast` (``hidden_states``, when asked for, are the RL model's) plus, in selective mode, each
+    position's rates in closed form, ``[batch, positions]``: ``resampled``, the chance that the proposal is redrawn
+    from π_X, and ``changed``, the chance that the emitted token differs from the proposal (see `SelectionRates`);
+    both ``None`` in full mode."""
 
     resampled: torch.FloatTensor | None = None
     changed: torch.FloatTensor | None = None
@@ -210,14 +211,16 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         caches = (cache.rl, cache.base) if cache is not None else (None, None)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        rl_logits, base_logits = (
+        hidden = bool(kwargs.pop("output_hidden_states", None) or self.config.output_hidden_states)
+        rl_out, base_out = (
             model(
                 **{k: v.to(model_device(model)) if v is not None else None for k, v in inputs.items()},
                 use_cache=use_cache, logits_to_keep=logits_to_keep, **{CACHE_KWARG: sub_cache},
-            ).logits
+                output_hidden_states=hidden and model is self.rl,  # the pair's hidden states are the RL model's
+            )
             for model, sub_cache in zip((self.rl, self.base), caches)
         )  # fmt: skip
-        base_logits = base_logits.to(rl_logits.device)
+        rl_logits, base_logits = rl_out.logits, base_out.logits.to(rl_out.logits.device)
         width = self.vocab_width
         past = cache.get_seq_length() - input_ids.shape[1] if cache is not None else 0
         where = f" at positions {past}..{past + input_ids.shape[1] - 1}"
@@ -237,7 +240,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.nll_loss(shift, labels[..., 1:].reshape(-1).to(shift.device), ignore_index=-100)
         resampled, changed = rates if rates is not None else (None, None)
         return ExtrapolatedCausalLMOutput(
-            loss=loss, logits=logp, resampled=resampled, changed=changed, **{CACHE_KWARG: cache if use_cache else None}
+            loss=loss, logits=logp, resampled=resampled, changed=changed, hidden_states=rl_out.hidden_states,
+            **{CACHE_KWARG: cache if use_cache else None},
         )
 
     @torch.no_grad()

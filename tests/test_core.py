@@ -443,3 +443,15 @@ def test_wrapper_reports_the_rates_the_processor_accumulates(pair, tokenizer):
     assert res.resampled[0, steps].mean().item() == pytest.approx(proc.resample_rate, abs=1e-6)
     assert res.changed[0, steps].mean().item() == pytest.approx(proc.changed_rate, abs=1e-6)
     assert ExtrapolatedForCausalLM(rl, base, gamma=0.5)(out).resampled is None  # full mode: no rates
+
+
+def test_wrapper_returns_the_rl_models_hidden_states(pair, tokenizer):
+    """`output_hidden_states` reaches the RL model (the pair's tokenizer and config are its own); off by default."""
+    rl, base = pair
+    wrapper = ExtrapolatedForCausalLM(rl, base, gamma=0.5, tokenizer=tokenizer)
+    enc = tokenizer(["12+3=", "1+1234567="], return_tensors="pt", padding=True)
+    positions = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: the wrapper counts real tokens
+    out, ref = wrapper(**enc, output_hidden_states=True), rl(**enc, position_ids=positions, output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref.hidden_states) == rl.config.num_hidden_layers + 1
+    assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, ref.hidden_states))
+    assert wrapper(**enc).hidden_states is None
