@@ -19,7 +19,7 @@ from hf_extrapolate.analysis import (
     token_statistics,
 )
 from hf_extrapolate.analysis.report import share_to_reach
-from hf_extrapolate.analysis.statistics import until_first
+from hf_extrapolate.analysis.token_stats import until_first
 
 VOCAB = 103
 

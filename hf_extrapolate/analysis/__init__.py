@@ -9,7 +9,7 @@ from .experiment import (
     run_analysis,
     threshold_for_share,
 )
-from .statistics import (
+from .token_stats import (
     METRICS,
     Responses,
     generate_responses,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..processor import DeltaLogpExtrapolation
-from .statistics import (
+from .token_stats import (
     METRICS,
     Responses,
     describe,

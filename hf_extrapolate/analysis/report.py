@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .experiment import PROPOSER_SOURCE
-from .statistics import LABELS, METRICS
+from .token_stats import LABELS, METRICS
 
 RECOVERY = 0.9  # the summary reports the share of replaced tokens that closes this much of the accuracy gap
 SOURCE_LABELS = {"base": "base-generated", "rl": "RL-generated"}
