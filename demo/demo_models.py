@@ -24,8 +24,15 @@ from transformers.generation import BaseStreamer
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
 from hf_extrapolate.configuration import CRITERIA
 from hf_extrapolate.evaluation.grading import build_prompt
-from hf_extrapolate.extrapolation import NEG_INF, combine, extrapolated_log_probs, log_probs, sampling_log_probs
-from hf_extrapolate.processor import model_device, shared_vocab_size
+from hf_extrapolate.extrapolation import (
+    NEG_INF,
+    combine,
+    extrapolated_log_probs,
+    log_probs,
+    sampling_log_probs,
+    shared_vocab_size,
+)
+from hf_extrapolate.loading import model_device
 
 COLUMNS = ("base", "rl", "extrapolated")
 # "random" is left out: its greedy flags are fresh coin flips that teacher-forced scoring cannot recover

@@ -367,3 +367,8 @@ def combine(
     return logp.reshape(shape), SelectionRates(
         resampled.clamp(0.0, 1.0).reshape(shape[:-1]), changed.clamp(min=0.0).reshape(shape[:-1])
     )
+
+
+def shared_vocab_size(*sizes: int | None) -> int:
+    """The vocabulary both models can emit: the smallest of the logits widths and the tokenizer length."""
+    return min(s for s in sizes if s is not None)

@@ -197,3 +197,8 @@ def estimate_memory(
         report[role] = {"name": name, **model_memory(config, dtype, tokens, batch)}
     report["total_gib"] = sum(report[r]["weights_gib"] + report[r]["kv_cache_gib"] for r in ("rl", "base"))
     return report
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    """Where a (possibly sharded) model takes its inputs: the device of its input embeddings."""
+    return model.get_input_embeddings().weight.device

@@ -26,8 +26,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
 
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig, extrapolation_config
-from .extrapolation import NEG_INF, check_finite_scores, combine
-from .loading import HUB_KWARGS, check_tokenizers, load_pair
+from .extrapolation import NEG_INF, check_finite_scores, combine, shared_vocab_size
+from .loading import HUB_KWARGS, check_tokenizers, load_pair, model_device
 from .pair_folder import (
     Member,
     context_length,
@@ -42,10 +42,8 @@ from .processor import (
     WARPERS,
     call_settings,
     check_penalties,
-    model_device,
     neutral_generation_config,
     requested_settings,
-    shared_vocab_size,
 )
 
 

@@ -24,7 +24,8 @@ from transformers import (
 )
 
 from .configuration import ExtrapolationConfig, extrapolation_config
-from .extrapolation import NEG_INF, check_finite_scores, combine
+from .extrapolation import NEG_INF, check_finite_scores, combine, shared_vocab_size
+from .loading import model_device
 
 # `generate`'s warpers (run after every logits processor), each with the value that leaves the scores unchanged
 WARPERS: dict[str, Any] = {
@@ -55,16 +56,6 @@ def neutral_generation_config(config: GenerationConfig) -> GenerationConfig:
     for name in NEUTRAL:
         setattr(config, name, 1.0 if name in ("temperature", "top_p") else None)
     return config
-
-
-def model_device(model: PreTrainedModel) -> torch.device:
-    """Where a (possibly sharded) model takes its inputs: the device of its input embeddings."""
-    return model.get_input_embeddings().weight.device
-
-
-def shared_vocab_size(*sizes: int | None) -> int:
-    """The vocabulary both models can emit: the smallest of the logits widths and the tokenizer length."""
-    return min(s for s in sizes if s is not None)
 
 
 def is_neutral(name: str, value: Any) -> bool:

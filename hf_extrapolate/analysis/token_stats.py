@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, PreTrainedModel
 
 from ..configuration import ExtrapolationConfig
-from ..extrapolation import combine, entropy, kl_divergence, log_probs
-from ..processor import generate_arguments, model_device, shared_vocab_size
+from ..extrapolation import combine, entropy, kl_divergence, log_probs, shared_vocab_size
+from ..loading import model_device
+from ..processor import generate_arguments
 
 # the statistics of `token_statistics`, in plotting order
 METRICS = ("delta_logp", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js")

@@ -13,8 +13,7 @@ from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 from vllm.model_executor.models.utils import init_vllm_registered_model
 from vllm.sequence import IntermediateTensors
 
-from ..extrapolation import NEG_INF, combine
-from ..processor import shared_vocab_size
+from ..extrapolation import NEG_INF, combine, shared_vocab_size
 from .config import VllmPairConfig, member_location
 from .sampling import row_settings
 
