@@ -4,6 +4,9 @@ Every measurement runs in a fresh subprocess that builds a same-size random-weig
 times one `generate` call forced to emit exactly N new tokens, and reads its peak memory (``VmHWM`` from
 ``/proc/self/status`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Repeats interleave the variants
 (A, B, C, A, B, C, ...) so that load on a shared machine hits them alike; the tables give medians.
+
+One file for one command: the worker, the grid, the table and its targets read together (the vLLM worker alone
+lives in `hf_extrapolate.vllm.bench`, so that this module never imports vLLM).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`ExtrapolatedForCausalLM`: one causal LM holding the RL and base models, with one cache for both."""
+"""`ExtrapolatedForCausalLM`: one causal LM holding the RL and base models, with one cache for both.
+
+The class is the file: its forward, generate hooks and cache, and its Hub-aware `save_pretrained` / `push_to_hub` /
+`from_pretrained`; the folder format those share with `export` and the vLLM plugin is `hf_extrapolate.pair_folder`.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 Also the rules both decoding routes (this processor and `ExtrapolatedForCausalLM`) apply to `generate`'s own
 settings, so that each sampling setting has one owner and penalties apply once, after extrapolation.
+Those rules and the processor stay in one file: the processor's `generate_kwargs` is where they are applied.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Both models are cached as ordinary `save_pretrained` folders under `cache_dir()`
 setting that shapes them; the base model is shared by all RL runs with the same base settings. A folder is built
 in a temporary sibling under a file lock (a second process training the same model waits, then reuses it), and
 the sha256 of each of its files, recorded in its `toy_settings.json`, is checked whenever it is reused.
+The whole toy pipeline (settings, data, SFT, GRPO, cache) is one file so that its cache key sits beside every
+setting it covers.
 """
 
 from __future__ import annotations
