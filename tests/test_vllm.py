@@ -338,6 +338,22 @@ def test_vllm_serve_answers_like_the_offline_engine(llama_pair, llama_llm, token
 
 @needs_vllm
 @pytest.mark.slow
+def test_generate_backend_vllm_prints_the_engines_greedy_text(llama_pair, llama_llm, tokenizer, tmp_path):
+    """(Before the tests that close engines: it reads the expected text from `llama_llm`.)"""
+    from vllm import SamplingParams, TokensPrompt
+
+    rl, base = str(folder_of(llama_pair, "rl")), str(folder_of(llama_pair, "base"))
+    ids = tokenizer("12+3=", add_special_tokens=not tokenizer.chat_template).input_ids
+    (expected,) = llama_llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(temperature=0, max_tokens=24))
+    proc = run_cli("generate", "--rl", rl, "--base", base, "--gamma", "0.5", "--temperature", "0", "--prompt", "12+3=",
+                   "--no-chat-template", "--max-new-tokens", "24", "--dtype", "float32", "--backend", "vllm",
+                   *CLI_ENGINE, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.endswith(expected.outputs[0].text + "\n")
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_gamma_zero_is_the_rl_model_alone(llama_pair, llama_llm, tokenizer):
     from vllm import LLM
 
@@ -458,21 +474,6 @@ def test_cpu_distribution_answers_for_vllm(monkeypatch):
     alias_cpu_distribution()
     assert metadata.version("vllm") == expected
     assert metadata.version("pytest") == pytest.__version__  # other names untouched
-
-
-@needs_vllm
-@pytest.mark.slow
-def test_generate_backend_vllm_prints_the_engines_greedy_text(llama_pair, llama_llm, tokenizer, tmp_path):
-    from vllm import SamplingParams, TokensPrompt
-
-    rl, base = str(folder_of(llama_pair, "rl")), str(folder_of(llama_pair, "base"))
-    ids = tokenizer("12+3=", add_special_tokens=not tokenizer.chat_template).input_ids
-    (expected,) = llama_llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(temperature=0, max_tokens=24))
-    proc = run_cli("generate", "--rl", rl, "--base", base, "--gamma", "0.5", "--temperature", "0", "--prompt", "12+3=",
-                   "--no-chat-template", "--max-new-tokens", "24", "--dtype", "float32", "--backend", "vllm",
-                   *CLI_ENGINE, cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.endswith(expected.outputs[0].text + "\n")
 
 
 def folder_of(pair, role: str):
