@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -270,3 +272,23 @@ def test_read_problems_rejects_bad_lines(tmp_path: Path, text: str, message: str
         read_problems(path)
     with pytest.raises(ValueError, match="no JSONL file"):
         read_problems(tmp_path / "missing.jsonl")
+
+
+def _variant_generator():
+    script = TASKS_DIR.parent / "scripts" / "generate_task_variants.py"
+    spec = importlib.util.spec_from_file_location("generate_task_variants", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_task_variants_are_what_the_generator_writes(tmp_path, monkeypatch, capsys):
+    """The committed _avgK files are the generator's output; an edited copy is caught and rewritten."""
+    generator = _variant_generator()
+    assert generator.main(["--check"]) == 0
+    copy = tmp_path / "eval_tasks"
+    shutil.copytree(generator.TASKS, copy)
+    (copy / "_hfx_avg4.yaml").write_text("repeats: 5\n")
+    monkeypatch.setattr(generator, "TASKS", copy)
+    assert generator.main(["--check"]) == 1 and "_hfx_avg4.yaml differs" in capsys.readouterr().err
+    assert generator.main([]) == 0 and generator.main(["--check"]) == 0
