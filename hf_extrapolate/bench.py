@@ -141,6 +141,19 @@ def _build(preset: str, seed: int, dtype: torch.dtype, device: str, load_in_4bit
         ).eval()
 
 
+def random_prompts(vocab_size: int, batch: int, length: int) -> torch.Tensor:
+    """The benchmark's prompts: ``[batch, length]`` token ids, the same for every variant (seed 0, no special ids)."""
+    return torch.randint(3, vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+def measurement(
+    seconds: float, cpu_seconds: float, startup: float, tokens: int, peak: float, expected: float
+) -> dict[str, Any]:
+    """One worker's result, as `run` reads it (both the transformers and the vLLM workers return it)."""
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "startup_seconds": startup, "tokens": tokens,
+            "peak_bytes": peak, "expected_bytes": expected}  # fmt: skip
+
+
 def _cache_bytes(model: PreTrainedModel, batch: int, length: int) -> int:
     """Bytes of a full KV cache of ``length`` positions (keys and values of every layer)."""
     c = model.config
@@ -222,8 +235,7 @@ def measure(
         processors = [NoCacheExtrapolation(base)]
     elif variant != "rl":
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    ids = torch.randint(3, rl.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(device)
+    ids = random_prompts(rl.config.vocab_size, batch, prompt).to(device)
     startup = time.perf_counter() - began
 
     def generate(n: int, stopping_criteria: list[StoppingCriteria] | None = None) -> torch.Tensor:
@@ -248,15 +260,8 @@ def measure(
             raise RuntimeError(f"{variant}: generate made {tokens} new tokens, not {new}")
         seconds, cpu_seconds = lower_bound(clock.wall, new), lower_bound(clock.cpu, new)
     cached = 0 if variant == "nocache" else len(models)  # models that keep a cache of prompt + new − 1 positions
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "startup_seconds": startup,
-        "tokens": tokens,
-        "peak_bytes": _peak(device) - start_memory,
-        "expected_bytes": sum(m.get_memory_footprint() for m in models)
-        + cached * _cache_bytes(rl, batch, prompt + tokens - 1),
-    }
+    expected = sum(m.get_memory_footprint() for m in models) + cached * _cache_bytes(rl, batch, prompt + tokens - 1)
+    return measurement(seconds, cpu_seconds, startup, tokens, _peak(device) - start_memory, expected)
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..bench import GAMMA, _memory, _peak, _reset_peak, preset_config
+from ..bench import GAMMA, _memory, _peak, _reset_peak, measurement, preset_config, random_prompts
 from ..configuration import ExtrapolationConfig
 from ..loading import model_memory
 from ..pair_folder import write_pair_folder
@@ -49,10 +49,7 @@ def measure_vllm(
         llm = LLM(str(folder), load_format="dummy", skip_tokenizer_init=True, dtype=dtype, seed=0,
                   distributed_executor_backend="uni", max_model_len=prompt + new, max_num_seqs=batch)  # fmt: skip
         startup = time.perf_counter() - began
-    import torch
-
-    ids = torch.randint(3, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(0)).tolist()
-    prompts = [TokensPrompt(prompt_token_ids=row) for row in ids]
+    prompts = [TokensPrompt(prompt_token_ids=row) for row in random_prompts(config.vocab_size, batch, prompt).tolist()]
 
     def generate(n: int) -> list[Any]:
         params = SamplingParams(temperature=1.0, top_p=top_p, max_tokens=n, min_tokens=n, ignore_eos=True, seed=0,
@@ -67,11 +64,5 @@ def measure_vllm(
     tokens = min(len(o.outputs[0].token_ids) for o in outs)
     if tokens < new:
         raise RuntimeError(f"{variant}: vLLM made {tokens} new tokens, not {new}")
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "startup_seconds": startup,
-        "tokens": tokens,
-        "peak_bytes": _peak(device) - start_memory,
-        "expected_bytes": halves * one["weights_gib"] * 2**30 + kv_bytes,
-    }
+    expected = halves * one["weights_gib"] * 2**30 + kv_bytes
+    return measurement(seconds, cpu_seconds, startup, tokens, _peak(device) - start_memory, expected)
