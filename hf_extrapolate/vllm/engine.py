@@ -16,6 +16,7 @@ def temporary_pair_folder(rl: str, base: str, settings: ExtrapolationConfig, **l
     caller removes it); ``load`` (``trust_remote_code``) goes to the tokenizers, which must agree."""
     from ..loading import check_tokenizers, load_tokenizer
     from ..pair_folder import write_pair_folder
+    from .config import VllmPairConfig
 
     tokenizer = load_tokenizer(rl, "RL", **load)
     check_tokenizers(tokenizer, load_tokenizer(base, "base", **load), rl, base)
@@ -23,6 +24,7 @@ def temporary_pair_folder(rl: str, base: str, settings: ExtrapolationConfig, **l
     folder = tempfile.mkdtemp(prefix="hfx-vllm-pair-")
     try:
         write_pair_folder(folder, rl, base, settings, tokenizer)
+        VllmPairConfig.from_pretrained(folder)  # its member checks, as one line here (vLLM wraps them in pydantic's)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
