@@ -173,6 +173,10 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         self.vocab_width = shared_vocab_size(rl_width, base_width, len(tokenizer) if tokenizer is not None else None)
         self.generation_config = neutral_generation_config(rl_model.generation_config)  # saved with the pair
         self._prompt_length: int | None = None  # set while `generate` runs, for error messages
+        self.post_init()  # gathers the members' _no_split_modules, tied keys, fp32 modules (device_map, saving)
+
+    def init_weights(self) -> None:
+        """Nothing to initialise or tie: both members arrive with their own weights, already tied as they say."""
 
     # -- transformers plumbing -------------------------------------------------------------------------
     def get_input_embeddings(self) -> torch.nn.Module:

@@ -56,11 +56,11 @@ class DirectionalGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` whose per-token advantages are multiplied by `direction_weights` (or `dominate_weights`), as
     its `DirectionalGRPOConfig` says (a plain `GRPOConfig` trains plain GRPO).
 
-    π_old is TRL's `old_per_token_logps` when it computed them (several iterations per batch, or steps that
-    do not line up with generation); otherwise π_old is the current policy, whose log-probs are then
-    recomputed without gradient, the one extra forward pass this costs. Text-only models. With `reweight=None` or
-    `reweight_c=0` the loss is exactly `GRPOTrainer`'s. The mean weight over completion tokens is logged as
-    ``reweight/mean_weight``.
+    π_old is TRL's `old_per_token_logps` when it computed them (several iterations per batch, or steps that do
+    not line up with generation); otherwise π_old is the current policy, and the weights come from the log-probs
+    of TRL's own forward for the loss, detached (the same forward, so the same dropout mask; no extra pass).
+    Text-only models. With `reweight=None` or `reweight_c=0` the loss is exactly `GRPOTrainer`'s. The mean weight
+    over completion tokens is logged as ``reweight/mean_weight``.
     """
 
     def _compute_loss(self, model, inputs: dict[str, Any]) -> torch.Tensor:
@@ -69,22 +69,33 @@ class DirectionalGRPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         if "pixel_values" in inputs:
             raise ValueError("DirectionalGRPOTrainer supports text-only models")
-        old_logps = inputs.get("old_per_token_logps")
-        if old_logps is None:
-            completion_ids = inputs["completion_ids"]
-            with torch.no_grad():
-                old_logps, _, _ = self._get_per_token_logps_and_entropies(
-                    model,
-                    torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
-                    torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
-                    completion_ids.size(1),
-                )
-        weight_fn = direction_weights if reweight == "direction" else dominate_weights
+        inputs = dict(inputs)
+        if inputs.get("old_per_token_logps") is not None:
+            inputs["advantages"] = self._weighted_advantages(inputs, inputs["old_per_token_logps"])
+            return super()._compute_loss(model, inputs)
+        # On policy: GRPOTrainer._compute_loss first computes the policy's log-probs, then reads the advantages.
+        # Weigh them in between, from those log-probs detached (TRL's own π_old in this case).
+        policy_logps = self._get_per_token_logps_and_entropies
+
+        def logps_then_weigh(*args, **kwargs):
+            logps, *rest = policy_logps(*args, **kwargs)
+            inputs["advantages"] = self._weighted_advantages(inputs, logps.detach())
+            return (logps, *rest)
+
+        self._get_per_token_logps_and_entropies = logps_then_weigh
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            del self._get_per_token_logps_and_entropies
+
+    def _weighted_advantages(self, inputs: dict[str, Any], old_logps: torch.Tensor) -> torch.Tensor:
+        """The advantages times the configured weights of π_old, (B, T); logs the mean weight over completions."""
+        weight_fn = direction_weights if self.args.reweight == "direction" else dominate_weights
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
-        weights = weight_fn(old_logps.float(), c).to(advantages.dtype)
+        weights = weight_fn(old_logps.float(), self.args.reweight_c).to(advantages.dtype)
         mask = inputs["completion_mask"].to(weights.dtype)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["reweight/mean_weight"].append((weights * mask).sum().item() / max(mask.sum().item(), 1))
-        return super()._compute_loss(model, {**inputs, "advantages": advantages * weights})
+        return advantages * weights

@@ -455,3 +455,19 @@ def test_wrapper_returns_the_rl_models_hidden_states(pair, tokenizer):
     assert len(out.hidden_states) == len(ref.hidden_states) == rl.config.num_hidden_layers + 1
     assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, ref.hidden_states))
     assert wrapper(**enc).hidden_states is None
+
+
+def test_wrapper_gathers_its_members_properties_and_keeps_their_weights(tokenizer):
+    """`post_init` runs (the `PreTrainedModel` contract): the members' no-split layers and tied keys reach the
+    wrapper (what `device_map="auto"` and saving read), and no member weight is re-initialised, not even in a member
+    whose modules carry no "initialised" flag."""
+    config = tiny_model("gpt2").config
+    config.tie_word_embeddings = True
+    rl, base = tiny_model(seed=0), AutoModelForCausalLM.from_config(config)
+    for module in base.modules():
+        module.__dict__.pop("_is_hf_initialized", None)
+    before = {f"{name}.{k}": v.clone() for name, m in (("rl", rl), ("base", base)) for k, v in m.state_dict().items()}
+    wrapper = ExtrapolatedForCausalLM(rl, base, gamma=0.5)
+    assert {"LlamaDecoderLayer", "GPT2Block"} <= set(wrapper._no_split_modules)
+    assert wrapper.all_tied_weights_keys == {"base.lm_head.weight": "base.transformer.wte.weight"}
+    assert all(torch.equal(v, before[k]) for k, v in wrapper.state_dict().items())

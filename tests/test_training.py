@@ -34,8 +34,9 @@ def test_dominate_weights_formula():
     torch.testing.assert_close(got, torch.tensor([C * p + 1 - C for p in probs]))
 
 
-def _trainer(cls, tokenizer, tmp_path, **reweighting):
-    """A trainer of ``cls``; ``reweighting`` (reweight, reweight_c) makes its config a DirectionalGRPOConfig."""
+def _trainer(cls, tokenizer, tmp_path, model=None, **reweighting):
+    """A trainer of ``cls`` (on a fresh `tiny_model` unless ``model``); ``reweighting`` (reweight, reweight_c) makes
+    its config a DirectionalGRPOConfig."""
     config = DirectionalGRPOConfig if reweighting else GRPOConfig
     args = config(
         output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4, num_generations=2,
@@ -43,7 +44,7 @@ def _trainer(cls, tokenizer, tmp_path, **reweighting):
     )  # fmt: skip
     data = Dataset.from_list([{"prompt": "1+1="}] * 4)
     return cls(
-        model=tiny_model(), reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+        model=model or tiny_model(), reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
         train_dataset=data, processing_class=tokenizer,
     )  # fmt: skip
 
@@ -134,6 +135,33 @@ def test_uses_old_logps_when_given(trainers):
     scaled = {**batch, "advantages": batch["advantages"] * (1 + C - C * 0.5)}
     torch.testing.assert_close(_loss(trainers["direction"], batch), _loss(trainers["plain"], scaled))
     assert trainers["direction"]._metrics["eval"]["reweight/mean_weight"][-1] == pytest.approx(1 + C - C * 0.5)
+
+
+def test_on_policy_weights_come_from_the_loss_forward(tokenizer, tmp_path):
+    """On policy, π_old is the loss's own forward detached: one forward per loss (as plain GRPO), and under dropout
+    the weights see the same dropout mask as the loss (a second forward would draw another)."""
+    model = tiny_model()
+    model.config.attention_dropout = 0.5
+    plain = _trainer(GRPOTrainer, tokenizer, tmp_path, model=model)
+    direction = _trainer(DirectionalGRPOTrainer, tokenizer, tmp_path, model=model, reweight="direction", reweight_c=C)
+    model.train()
+    plain.current_gradient_accumulation_steps = direction.current_gradient_accumulation_steps = 1  # as train() sets
+    batch = _batch(ADVANTAGES)
+    forwards = []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got = direction._compute_loss(model, dict(batch))
+        assert len(forwards) == 1
+        torch.manual_seed(1)  # the same dropout mask again, for the reference weights
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        logps = plain._get_per_token_logps_and_entropies(model, ids, mask, 6, compute_entropy=True)[0]
+        torch.manual_seed(1)
+        weighted = batch["advantages"][:, None] * (1 + C - C * logps.exp())
+        want = plain._compute_loss(model, {**batch, "advantages": weighted})
+    hook.remove()
+    torch.testing.assert_close(got, want)
 
 
 def test_rejects_bad_options(tokenizer, tmp_path):
