@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_extrapolate.evaluation.grading import mean_interval
-from hf_extrapolate.toy.evaluate import accuracy, generate
+from hf_extrapolate.evaluation.grading import avg_at_k, mean_interval
+from hf_extrapolate.toy.evaluate import generate
 from hf_extrapolate.toy.task import make_problems
 from hf_extrapolate.toy.train import ToySettings, pair_paths
 
@@ -23,8 +23,9 @@ from hf_extrapolate.toy.train import ToySettings, pair_paths
 def evaluate(model_dir: Path, problems: list[dict], k: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sampled = accuracy(problems, generate(model, tokenizer, problems, k=k, batch_size=100, desc=model_dir.name))
-    greedy = accuracy(problems, generate(model, tokenizer, problems, do_sample=False, batch_size=100))
+    answers = [p["answer"] for p in problems]
+    sampled = avg_at_k(generate(model, tokenizer, problems, k=k, batch_size=100, desc=model_dir.name), answers)
+    greedy = avg_at_k(generate(model, tokenizer, problems, do_sample=False, batch_size=100), answers)
     train_seconds = json.loads((model_dir / "toy_settings.json").read_text())["train_seconds"]
     return {"sampled": sampled, "greedy": greedy, "train_seconds": train_seconds}
 

@@ -12,7 +12,7 @@ import pytest
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from hf_extrapolate.evaluation.grading import INSTRUCTION, metric_names, user_message
+from hf_extrapolate.evaluation.grading import INSTRUCTION, avg_at_k, metric_names, user_message
 from hf_extrapolate.evaluation.tasks import (
     jsonl_dataset,
     normalize_doc,
@@ -21,7 +21,6 @@ from hf_extrapolate.evaluation.tasks import (
     read_problems,
     write_jsonl,
 )
-from hf_extrapolate.toy.evaluate import accuracy
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
 BENCHMARKS = ["hfx_math500", "hfx_aime24", "hfx_aime25", "hfx_amc23", "hfx_gsm8k", "hfx_toy_arith"]
@@ -220,12 +219,12 @@ RESPONSES = [
 
 
 def test_quickstart_and_the_toy_task_grade_alike() -> None:
-    """The quickstart's grading path (`toy.evaluate.accuracy`) and hfx_toy_arith's `process_results` give the
+    """The quickstart's grading path (`grading.avg_at_k`) and hfx_toy_arith's `process_results` give the
     same per-problem avg@k, on the shipped problems and on edge-case responses."""
     pytest.importorskip("math_verify")
     shipped = read_problems(TASKS_DIR / "data" / "toy_arith_test.jsonl", 4)
     problems = [{"problem": p["problem"], "answer": "57"} for p in shipped]
-    quickstart = accuracy(problems, RESPONSES)
+    quickstart = avg_at_k(RESPONSES, [p["answer"] for p in problems])
     task = [process_results(doc, [responses])["avg@4"] for doc, responses in zip(problems, RESPONSES, strict=True)]
     assert quickstart == task
     # by hand: 057 and 57.0 count; no box, an unclosed or empty box, and a box followed by an unclosed one do not

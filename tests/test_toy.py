@@ -10,8 +10,8 @@ from conftest import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_extrapolate.cli import main
-from hf_extrapolate.evaluation.grading import is_correct
-from hf_extrapolate.toy.evaluate import accuracy, generate
+from hf_extrapolate.evaluation.grading import avg_at_k, is_correct
+from hf_extrapolate.toy.evaluate import generate
 from hf_extrapolate.toy.task import format_prompt, make_problems, noisy_solution
 from hf_extrapolate.toy.train import BASE_FIELDS, ToySettings, cache_dir, exact_match_reward, pair_paths, toy_tokenizer
 
@@ -157,7 +157,7 @@ def test_train_toy_full_pair(tmp_path, capsys):
     acc = {}
     for name, d in (("rl", rl), ("base", base)):
         model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
-        acc[name] = sum(accuracy(problems, generate(model, tok, problems, k=4))) / len(problems)
+        acc[name] = sum(avg_at_k(generate(model, tok, problems, k=4), [p["answer"] for p in problems])) / len(problems)
     assert acc["rl"] - acc["base"] > 0.15 and acc["rl"] < 1.0, acc
 
 
@@ -166,4 +166,4 @@ def test_generate_shapes_and_grading(tokenizer):
     out = generate(tiny_model(), tokenizer, problems, k=2, batch_size=2)
     assert [len(cs) for cs in out] == [2, 2, 2] and all(isinstance(c, str) for cs in out for c in cs)
     perfect = [[p["solution"]] for p in problems]
-    assert accuracy(problems, perfect) == [1.0, 1.0, 1.0]
+    assert avg_at_k(perfect, [p["answer"] for p in problems]) == [1.0, 1.0, 1.0]

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..evaluation.grading import avg_at_k
 from ..processor import DeltaLogpExtrapolation
 from .token_stats import (
     METRICS,
@@ -80,9 +81,8 @@ def accuracy(completions: Sequence[str], answers: Sequence[str], samples: int, g
     """avg@k: the mean over problems of each problem's share of correct samples, and its standard error."""
     if len(completions) != len(answers) * samples:
         raise ValueError(f"{len(completions)} completions for {len(answers)} problems × {samples} samples")
-    per_problem = np.array(
-        [np.mean([grader(c, a) for c in completions[i * samples : (i + 1) * samples]]) for i, a in enumerate(answers)]
-    )
+    groups = [completions[i * samples : (i + 1) * samples] for i in range(len(answers))]
+    per_problem = np.array(avg_at_k(groups, answers, grader))
     stderr = float(per_problem.std(ddof=1) / math.sqrt(len(per_problem))) if len(per_problem) > 1 else math.nan
     return {"accuracy": float(per_problem.mean()), "stderr": stderr}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -80,6 +80,17 @@ def is_correct(completion: str, answer: str | float) -> bool:
     return boxed is not None and equivalent(str(answer), boxed)
 
 
+def avg_at_k(
+    completions: Sequence[Sequence[str]],
+    answers: Sequence[str | float],
+    grade: Callable[[str, Any], bool] | None = None,
+) -> list[float]:
+    """avg@k per problem: the share of problem i's completions (``completions[i]``) that ``grade`` (default
+    `is_correct`) accepts against ``answers[i]``."""
+    grade = grade or is_correct
+    return [sum(grade(c, a) for c in cs) / len(cs) for cs, a in zip(completions, answers, strict=True)]
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from `n` samples of which `c` are correct: ``1 − C(n−c, k) / C(n, k)``."""
     if not 0 <= c <= n or not 1 <= k <= n:
@@ -139,39 +150,14 @@ def score_samples(completions: Sequence[str], answer: str | float) -> dict[str, 
     return scores
 
 
-def _t_two_sided(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's T with `df` degrees of freedom, by the finite series of Abramowitz & Stegun
-    26.7.3-4 in θ = atan(t / √df): odd df: (2/π)(θ + sin θ cos θ Σ), even df: sin θ Σ."""
-    theta = math.atan(t / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    term, total = 1.0, 1.0
-    for j in range(2 if df % 2 else 1, df - 1, 2):  # odd: ratios 2/3, 4/5, ...; even: 1/2, 3/4, ...
-        term *= c2 * j / (j + 1)
-        total += term
-    if df % 2:
-        return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
-    return math.sin(theta) * total
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom, by bisection of `_t_two_sided`."""
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
-    target, low, high = 2 * p - 1, 0.0, 1.0
-    while _t_two_sided(high, df) < target:
-        high *= 2
-    for _ in range(100):
-        mid = (low + high) / 2
-        low, high = (mid, high) if _t_two_sided(mid, df) < target else (low, mid)
-    return (low + high) / 2
-
-
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Mean of `values` (e.g. per-problem avg@k) and the half-width of its Student-t interval,
     ``t_{(1+level)/2, n-1} · s / √n``; NaN half-width for fewer than two values."""
     if not values:
         raise ValueError("mean_interval needs at least one value")
+    from scipy import stats  # here: scipy.stats takes a while to import, and only intervals need it
+
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan
-    return mean, t_quantile((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, stats.t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))

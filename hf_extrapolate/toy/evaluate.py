@@ -8,7 +8,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_extrapolate.evaluation.grading import is_correct
 from hf_extrapolate.processor import generate_arguments
 from hf_extrapolate.toy.task import format_prompt
 
@@ -52,9 +51,3 @@ def generate(
         out.extend(texts[i : i + k] for i in range(0, len(texts), k))
     return out
 
-
-def accuracy(problems: Sequence[dict], completions: Sequence[Sequence[str]]) -> list[float]:
-    """Per-problem share of correct completions (avg@k)."""
-    return [
-        sum(is_correct(c, p["answer"]) for c in cs) / len(cs) for p, cs in zip(problems, completions, strict=True)
-    ]

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_extrapolate.evaluation.grading import mean_interval
+from hf_extrapolate.evaluation.grading import avg_at_k, mean_interval
 from hf_extrapolate.outputs import check_output_folder, output_folder
-from hf_extrapolate.toy.evaluate import accuracy, generate
+from hf_extrapolate.toy.evaluate import generate
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 TAU = -0.3  # the paper's kind of threshold (DAPO-32B: −0.3)
@@ -58,7 +58,7 @@ def evaluate(method: Method, models: dict, tokenizer: Any, problems: list[dict],
         completions = generate(models[method.model], tokenizer, problems, k=k, do_sample=k > 1 or temperature > 0,
                                seed=seed, logits_processor=procs, batch_size=200,
                                desc=f"{method.name} ({mode})")  # fmt: skip
-        mean, half = mean_interval(accuracy(problems, completions))
+        mean, half = mean_interval(avg_at_k(completions, [p["answer"] for p in problems]))
         method.results[mode] = {"accuracy": mean, "ci95": half}
         if procs and procs[0].resample_rate is not None:
             method.results[mode]["resampled"] = procs[0].resample_rate
