@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import gradio as gr
@@ -22,6 +22,7 @@ from transformers import LogitsProcessor, PreTrainedModel, StoppingCriteria
 from transformers.generation import BaseStreamer
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
+from hf_extrapolate.analysis.token_stats import teacher_forced
 from hf_extrapolate.configuration import CRITERIA
 from hf_extrapolate.evaluation.grading import build_prompt
 from hf_extrapolate.extrapolation import (
@@ -30,13 +31,13 @@ from hf_extrapolate.extrapolation import (
     extrapolated_log_probs,
     log_probs,
     sampling_log_probs,
-    shared_vocab_size,
 )
 from hf_extrapolate.loading import model_device
 
 COLUMNS = ("base", "rl", "extrapolated")
 # "random" is left out: its greedy flags are fresh coin flips that teacher-forced scoring cannot recover
 DEMO_CRITERIA = [c for c in CRITERIA if c != "random"]
+SETTING_HELP = {f.name: f.metadata["help"] for f in fields(ExtrapolationConfig)}  # the controls' info lines
 GAMMA_RANGE = (-1.0, 4.0)  # γ = −1 is the base model, 0 the RL model
 TAU_RANGE = (-5.0, 5.0)
 TEMPERATURE_RANGE = (0.05, 2.0)
@@ -117,42 +118,45 @@ def token_stats(
     rl: PreTrainedModel, base: PreTrainedModel, tokenizer: Any, ids: Tensor, start: int,
     config: ExtrapolationConfig, resampled: bool,
 ) -> list[dict]:  # fmt: skip
-    """Teacher-forced statistics of the tokens ``ids[start:]`` (1-D ``ids``): Δlog p, log-probs, the top
-    alternatives under π_B, π_R and π_X, and, if ``resampled``, the chance the selective sampler drew the
-    token from π_X (``m · π_X'(y) / P(y)``, exact given the context; 0/1 when greedy)."""
-    keep = len(ids) - start + 1  # the logits predicting ids[start:], and one more
-    rl_logits = rl(ids[None].to(model_device(rl)), logits_to_keep=keep).logits[0, :-1]
-    base_logits = base(ids[None].to(model_device(base)), logits_to_keep=keep).logits[0, :-1].to(rl_logits.device)
-    width = shared_vocab_size(rl_logits.shape[-1], base_logits.shape[-1], len(tokenizer))
-    logp_rl, logp_base = log_probs(rl_logits[:, :width]), log_probs(base_logits[:, :width])
-    logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
-    target = ids[start:].to(rl_logits.device)
-    inside = target < width  # a model may emit an id beyond the shared vocabulary (a padding row)
-    index = target.clamp(max=width - 1)[:, None]
+    """Teacher-forced statistics of the tokens ``ids[start:]`` (1-D ``ids``), by the analysis scorer
+    (`teacher_forced`): Δlog p, log-probs, the top alternatives under π_B, π_R and π_X, and, if ``resampled``,
+    the chance the selective sampler drew the token from π_X (``m · π_X'(y) / P(y)``, exact given the context;
+    0/1 when greedy)."""
 
-    def at(logp: Tensor) -> list[float]:
-        return logp.gather(-1, index)[:, 0].masked_fill(~inside, float("nan")).tolist()
+    def at_position(rl_scores: Tensor, base_scores: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        logp_rl, logp_base = log_probs(rl_scores), log_probs(base_scores)
+        logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
+        inside = tokens < logp_rl.shape[-1]  # a model may emit an id beyond the shared vocabulary (a padding row)
+        index = tokens.clamp(max=logp_rl.shape[-1] - 1).unsqueeze(-1)
+        out = {name: logp.gather(-1, index)[..., 0].masked_fill(~inside, math.nan)
+               for name, logp in (("logp_base", logp_base), ("logp_rl", logp_rl))}  # fmt: skip
+        for name, logp in (("base", logp_base), ("rl", logp_rl), ("extrapolated", logp_x)):
+            out[f"{name}_p"], out[f"{name}_id"] = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
+            out[f"{name}_p"] = out[f"{name}_p"].exp()
+        if resampled and config.select is not None:
+            mixture, (m, _) = combine(logp_rl, logp_base, config)
+            sampled = sampling_log_probs(logp_x, config.temperature, config.top_p).gather(-1, index)[..., 0]
+            chance = (m.log() + sampled - mixture.gather(-1, index)[..., 0]).exp()
+            out["chance"] = chance.nan_to_num(0.0).clamp(0.0, 1.0)
+        return out
 
-    chance = None
-    if resampled and config.select is not None:
-        mixture, (m, _) = combine(logp_rl, logp_base, config)
-        logp_x_sampled = sampling_log_probs(logp_x, config.temperature, config.top_p)
-        ratio = m.log() + logp_x_sampled.gather(-1, index)[:, 0] - mixture.gather(-1, index)[:, 0]
-        chance = ratio.exp().nan_to_num(0.0).clamp(0.0, 1.0).tolist()
-    tops = {}
-    for name, logp in (("base", logp_base), ("rl", logp_rl), ("extrapolated", logp_x)):
-        values, top_ids = logp.topk(min(TOP_K, width), dim=-1)
-        tops[name] = (values.exp().tolist(), top_ids.tolist())
-    texts = tokenizer.batch_decode([[i] for i in ids[start:].tolist()])
+    row = ids[None]
+    score = torch.arange(len(ids))[None] >= start
+    stats = {k: v[0, start:] for k, v in teacher_forced(
+        rl, base, row, torch.ones_like(row), score, at_position, vocab_size=len(tokenizer)
+    ).items()}  # fmt: skip
+    new_ids = ids[start:].tolist()
     out = []
-    for t, (token_id, text, lp_b, lp_r) in enumerate(zip(ids[start:].tolist(), texts, at(logp_base), at(logp_rl))):
+    for t, (token_id, text) in enumerate(zip(new_ids, tokenizer.batch_decode([[i] for i in new_ids]), strict=True)):
+        lp_b, lp_r = stats["logp_base"][t].item(), stats["logp_rl"][t].item()
         out.append({
             "token": text, "id": token_id, "logp_base": lp_b, "logp_rl": lp_r, "delta_logp": lp_r - lp_b,
             "top": {
-                name: [[tokenizer.decode([i]), round(p, 4)] for p, i in zip(probs[t], top_ids[t])]
-                for name, (probs, top_ids) in tops.items()
+                name: [[tokenizer.decode([int(i)]), round(p, 4)]
+                       for p, i in zip(stats[f"{name}_p"][t].tolist(), stats[f"{name}_id"][t].tolist())]
+                for name in COLUMNS
             },
-            "resampled": None if chance is None else chance[t],
+            "resampled": stats["chance"][t].item() if "chance" in stats else None,
         })  # fmt: skip
     return out
 

@@ -10,6 +10,7 @@ from demo_models import (
     COLUMNS,
     DEMO_CRITERIA,
     GAMMA_RANGE,
+    SETTING_HELP,
     TAU_RANGE,
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
@@ -130,16 +131,18 @@ def build_app(models: DemoModels, examples: list[str], title: str) -> gr.Blocks:
         )
         prompt = gr.Textbox(label="Prompt", lines=3, max_length=limits.max_prompt_chars, elem_id="prompt")
         with gr.Row():
-            gamma = gr.Slider(*GAMMA_RANGE, value=0.5, step=0.05, label="γ")
+            gamma = gr.Slider(*GAMMA_RANGE, value=0.5, step=0.05, label="γ", info=SETTING_HELP["gamma"])
             mode = gr.Radio(["full", "selective"], value="full", label="mode")
-            criterion = gr.Dropdown(DEMO_CRITERIA, value="delta_logp", label="criterion (selective)", interactive=False)
-            tau = gr.Slider(
-                *TAU_RANGE, value=-0.3, step=0.05, label="τ (selective; delta_logp flags Δlog p ≤ τ)", interactive=False
-            )
+            criterion = gr.Dropdown(DEMO_CRITERIA, value="delta_logp", label="criterion (selective)",
+                                    info=SETTING_HELP["select"], interactive=False)  # fmt: skip
+            tau = gr.Slider(*TAU_RANGE, value=-0.3, step=0.05, label="τ (selective; delta_logp flags Δlog p ≤ τ)",
+                            info=SETTING_HELP["threshold"], interactive=False)  # fmt: skip
         with gr.Row():
             decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
-            temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="temperature", interactive=False)
-            top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="top-p", interactive=False)
+            temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="temperature",
+                                    info=SETTING_HELP["temperature"], interactive=False)  # fmt: skip
+            top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="top-p", info=SETTING_HELP["top_p"],
+                              interactive=False)  # fmt: skip
             max_new = gr.Slider(1, limits.max_new_tokens, value=min(128, limits.max_new_tokens), step=1,
                                 label="max new tokens", elem_id="max-new")  # fmt: skip
             seed = gr.Number(0, precision=0, minimum=0, label="seed")

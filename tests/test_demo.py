@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from conftest import stop_process
 
 from hf_extrapolate import DeltaLogpExtrapolation
@@ -133,6 +135,20 @@ def test_generate_api(server):
         client.predict(prompt="1+" * 2001, api_name="/generate")
 
 
+def test_controls_describe_the_config_fields(server):
+    """The page's extrapolation controls carry `ExtrapolationConfig`'s own field descriptions (one text for the
+    CLI, lm-eval's model arguments and the demo)."""
+    from hf_extrapolate.configuration import ExtrapolationConfig
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(ExtrapolationConfig)}
+    with urllib.request.urlopen(server + "config", timeout=10) as response:
+        components = json.load(response)["components"]
+    info = {c["props"].get("label"): c["props"].get("info") for c in components}
+    assert info["γ"] == helps["gamma"] and info["criterion (selective)"] == helps["select"]
+    assert info["temperature"] == helps["temperature"] and info["top-p"] == helps["top_p"]
+    assert [i for label, i in info.items() if label and label.startswith("τ")] == [helps["threshold"]]
+
+
 def test_hostile_requests(served):
     """Every bad field gets the demo's own one-line message, logged without a traceback; uploads are refused and
     nothing lands in gradio's temporary folder."""
@@ -224,6 +240,32 @@ def test_greedy_outputs_are_those_of_generate(demo, pair, tokenizer, mode):
     for name, out in expected.items():
         assert columns[name].ids == out[0, ids.shape[1] :].tolist(), name
     assert columns["extrapolated"].resample_rate == proc.resample_rate
+
+
+def test_token_statistics_against_plain_forwards(demo, pair, tokenizer):
+    """Each column's per-token card, against one no-cache forward of each model over the finished sequence: the
+    token's log-probs, and the top alternatives of π_B, π_R and π_X = softmax((1 + γ) log π_R − γ log π_B)."""
+    rl, base = pair
+    models = demo.models.DemoModels(rl, base, tokenizer, demo.models.Limits())
+    gamma = 0.5
+    columns = last(models.stream(PROMPT, models.config(gamma, "full", "delta_logp", -0.3, "greedy", 1.0, 1.0), 10, 0))
+    prompt = models.encode(PROMPT)[0]
+    for name in ("base", "rl", "extrapolated"):
+        ids = torch.cat([prompt, torch.tensor(columns[name].ids)])
+        with torch.no_grad():
+            lp = {m: model(ids[None]).logits[0].log_softmax(-1) for m, model in (("base", base), ("rl", rl))}
+        lp["extrapolated"] = ((1 + gamma) * lp["rl"] - gamma * lp["base"]).log_softmax(-1)
+        steps = range(len(prompt) - 1, len(ids) - 1)  # the positions that predict the new tokens
+        cards = columns[name].tokens
+        assert [c["id"] for c in cards] == columns[name].ids
+        for card, t in zip(cards, steps, strict=True):
+            assert card["logp_rl"] == pytest.approx(lp["rl"][t, ids[t + 1]].item(), abs=1e-5)
+            assert card["logp_base"] == pytest.approx(lp["base"][t, ids[t + 1]].item(), abs=1e-5)
+            for model, top in card["top"].items():
+                probs, top_ids = lp[model][t].exp().topk(5)
+                assert [tokenizer.decode([i]) for i in top_ids.tolist()] == [text for text, _ in top]
+                assert [p for _, p in top] == pytest.approx(probs.tolist(), abs=1e-4)
+            assert card["resampled"] is None  # full mode
 
 
 def test_request_limits(demo, pair, tokenizer):

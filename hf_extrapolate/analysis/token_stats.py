@@ -68,8 +68,9 @@ def teacher_forced(
     """Run both models over ``input_ids`` and apply ``fn`` at every position that predicts a scored token.
 
     Only the logits from the first scored position on are materialised (``logits_to_keep``), and ``fn``
-    sees them in chunks of about ``chunk_elements`` floats per model. Returns ``{name: [B, T]}`` float32 on
-    the CPU, NaN at position 0, at padding and where ``score_mask`` is false.
+    sees them in chunks of about ``chunk_elements`` floats per model. Returns ``{name: [B, T, ...]}`` float32
+    on the CPU (``fn`` may give each position several values, e.g. a top-k), NaN at position 0, at padding and
+    where ``score_mask`` is false.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [batch, length] with length >= 2, got shape {tuple(input_ids.shape)}")
@@ -90,9 +91,11 @@ def teacher_forced(
     ]
     out = {}
     for name in parts[0]:
-        values = torch.full((batch, length), math.nan)
-        values[:, first:] = torch.cat([p[name] for p in parts], dim=1).float().cpu()
-        out[name] = values.masked_fill(~score.cpu(), math.nan)
+        joined = torch.cat([p[name] for p in parts], dim=1).float().cpu()
+        values = torch.full((batch, length, *joined.shape[2:]), math.nan)
+        values[:, first:] = joined
+        unscored = ~score.cpu().reshape(batch, length, *[1] * (joined.dim() - 2))
+        out[name] = values.masked_fill(unscored, math.nan)
     return out
 
 
