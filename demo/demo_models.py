@@ -3,6 +3,9 @@ streamed, scored teacher-forced when they end; every field of a request checked;
 
 Each output has its own random generator seeded by the same seed. A request holds one of the server's slots until
 its generation threads have ended, so a cancelled request counts until it has really stopped.
+
+One file for the demo's model side: request checks, the three generation threads and their scoring share the
+`Column` state and the cancellation protocol; the page (`demo_page.py`) only renders.
 """
 
 import asyncio

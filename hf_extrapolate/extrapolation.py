@@ -17,6 +17,9 @@ done in float32. What each input gives:
   underflow to probability 0, as they should); temperature 0 is the one-hot argmax.
 
 Outputs are float32 log-probabilities that are normalised (logsumexp 0 up to rounding), never NaN, never +inf.
+
+One file for the math: `combine` and the two candidate-list forms it dispatches to share the flags, the
+floors and the tempering above, and the formulas read in one place.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The core engine against independent references: a no-cache loop, closed forms, Monte Carlo, per-row runs."""
+"""The core engine against independent references: a no-cache loop, closed forms, Monte Carlo, per-row runs.
+
+One file: the references (the no-cache loop, the Monte Carlo sampler) serve every test of both routes here."""
 
 from __future__ import annotations
 

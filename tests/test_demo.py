@@ -1,6 +1,7 @@
 """The Gradio demo, launched as `python demo/app.py` on a tiny pair: its `/generate` API and its page in Chromium.
 
-Set HFX_DEMO_SCREENSHOT=path to keep the page's screenshot (docs/img/demo.png is made this way).
+Set HFX_DEMO_SCREENSHOT=path to keep the page's screenshot (docs/img/demo.png is made this way). One file: every
+test here shares the one served demo (starting a server costs seconds).
 """
 
 from __future__ import annotations

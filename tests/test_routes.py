@@ -1,7 +1,8 @@
 """The two decoding routes under real generation configs, against a no-cache loop with penalties written out here.
 
 The RL model carries a Qwen-style generation config (temperature 0.7, top-p 0.8, top-k 20, repetition penalty
-1.05, sampling on): neither route may apply it on top of the extrapolation.
+1.05, sampling on): neither route may apply it on top of the extrapolation. One file: the penalised no-cache
+reference serves every test.
 """
 
 from __future__ import annotations
