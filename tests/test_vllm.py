@@ -1,9 +1,10 @@
 """The base/RL pair as one vLLM model (`hf_extrapolate.vllm`) against independent references.
 
 References: a plain-torch no-cache two-model loop (both models recomputed on the whole prefix at every step) and
-the transformers processor route. The engine tests need vLLM (the `vllm` extra: see docs/vllm.md) and run in one process, eager, fp32, on tiny
-members with head_dim 32 (the CPU attention backend's smallest); the config checks run everywhere. One file: all
-engine tests share one engine (vLLM's process-wide state allows one at a time), so their order matters.
+the transformers processor route. The engine tests need vLLM (the `vllm` extra: see docs/vllm.md) and run in one
+process, eager, fp32, on tiny members with head_dim 32 (the CPU attention backend's smallest); the config checks
+run everywhere. One file: all engine tests share one engine (vLLM's process-wide state allows one at a time), so
+their order matters.
 """
 
 from __future__ import annotations
