@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hf_extrapolate.cli import HelpFormatter
 from hf_extrapolate.commands import add_pair_arguments, dry_run, load_from_args, resolve_pair
 
 
@@ -35,17 +36,23 @@ def example_prompts(n: int = 4) -> list[str]:
     return [user_message(p["problem"]) for p in make_problems("test", n, seed=0)]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line: the pair options `hf-extrapolate` commands share, the server, the limits."""
     env = os.environ  # a Hugging Face Space sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_pair_arguments(p, settings=False)
-    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on")
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")), help="port to serve on")
     p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most")
-    p.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
-    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens)
-    p.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
+    p.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens, help="new tokens per output at most")
+    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens, help="prompt tokens at most")
+    p.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars, help="prompt characters at most")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     for option in ("concurrency", "max_queue", "max_new_tokens", "max_prompt_tokens", "max_prompt_chars"):
         if getattr(args, option) < 1:

@@ -464,7 +464,7 @@ def main(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="decoding speed and peak memory against the RL model alone",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                              description=__doc__)  # fmt: skip
     p.add_argument("--lengths", type=_lengths, help="PROMPT/NEW,... (32/256,32/1024)")
     p.add_argument("--batches", type=_ints, help="batch sizes, comma-separated (1,8)")
     p.add_argument("--variants", type=_names, help=f"subset of {','.join(VARIANTS)} (all but the vllm ones)")
@@ -474,8 +474,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the grid when not given: vllm = vllm-rl,vllm-pair,processor, 124M 'vllm' preset, 32/256, "
                    "batches 16,64, 1 repeat")  # fmt: skip
     p.add_argument("--model", choices=list(PRESETS), help="random-weight Llama shape (cpu)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the workers run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights' dtype")
     p.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA only)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling top-p (1.0; the paper samples at 0.7)")
     p.add_argument("--nocache-budget", type=float, default=120.0,

@@ -27,6 +27,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 
+DESCRIPTION = """\
+Test-time extrapolation along the RLVR direction Δlog p = log π_RL − log π_base, for Hugging Face transformers.
+Commands that take --rl/--base use the project's toy pair when both are left out (trained once, cached).
+`hf-extrapolate COMMAND --help` describes each command."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and each option's default to its help (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        if "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class Parser(argparse.ArgumentParser):
+    """Every sub-command's parser: defaults in the help, and errors with the sub-command's own usage."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` (temporary folders) cleans up."""
 
@@ -35,19 +62,26 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command. Bad input (ValueError, OSError, a missing optional dependency): one line and exit 2;
-    Ctrl-C: exit 130, SIGTERM: exit 143, with what was already written kept and temporaries removed."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="hf-extrapolate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+def build_parser(*commands: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The top-level parser and its sub-parsers; ``commands`` get their full parsers (their modules imported),
+    the others only a name and a line for ``--help``."""
+    parser = argparse.ArgumentParser(prog="hf-extrapolate", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, (target, help_text) in COMMANDS.items():
-        if name == wanted:
+        if name in commands:
             module, _, function = target.partition(":")
             getattr(importlib.import_module(module), function or "register")(sub)
         else:  # `--help` lists every command without importing the heavy modules behind them
             sub.add_parser(name, help=help_text)
+    return parser, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. Bad input (ValueError, OSError, a missing optional dependency): one line and exit 2;
+    Ctrl-C: exit 130, SIGTERM: exit 143, with what was already written kept and temporaries removed."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser, sub = build_parser(*argv[:1])
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the sub-command's usage, not the top-level one
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -104,15 +104,26 @@ def dry_run(args: argparse.Namespace, tokens: int) -> int:
 
 # -- generate ------------------------------------------------------------------------------------------
 
+GENERATE_DESCRIPTION = """\
+Generate one completion from the pair: the RL model's own distribution at the default --gamma 0, the
+extrapolated one for γ > 0 (full mode), or the paper's selective mode with --select and --threshold.
+
+The toy pair (used when --rl/--base are left out) answers prompts in its training format, a sum with the
+paper's instruction:
+  hf-extrapolate generate --prompt "Compute 12+3+5+9+7." --instruction --gamma 0.5 --temperature 0"""
+
 
 def register_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate from an extrapolated pair, streamed")
+    p = sub.add_parser("generate", help="generate from an extrapolated pair, streamed",
+                       description=GENERATE_DESCRIPTION)  # fmt: skip
     add_pair_arguments(p)
     p.add_argument("--prompt", required=True, help="the user message (chat template applied when there is one)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--instruction", action="store_true",
+                   help="append the paper's instruction on a new line (as the toy pair and the hfx_* tasks prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p; 1 = the whole distribution")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     engine = p.add_argument_group("backend")
     engine.add_argument(
@@ -126,6 +137,13 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     engine.add_argument("--gpu-gib", type=float, default=80.0, help="vllm --dry-run: memory of one GPU, GiB")
     p.set_defaults(func=run_generate)
+
+
+def user_prompt(args: argparse.Namespace) -> str:
+    """``--prompt``, with the paper's instruction appended under ``--instruction`` (`grading.user_message`)."""
+    from .evaluation.grading import user_message
+
+    return user_message(args.prompt) if args.instruction else args.prompt
 
 
 def engine_argument(text: str) -> tuple[str, Any]:
@@ -156,7 +174,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .processor import DeltaLogpExtrapolation
 
     rl, base, tokenizer = load_from_args(args)
-    text = build_prompt(tokenizer, args.prompt, chat_template=not args.no_chat_template)
+    text = build_prompt(tokenizer, user_prompt(args), chat_template=not args.no_chat_template)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(rl.device)
     proc = DeltaLogpExtrapolation(base, settings, tokenizer=tokenizer)
     torch.manual_seed(args.seed)
@@ -189,7 +207,7 @@ def generate_vllm(args: argparse.Namespace, settings: ExtrapolationConfig) -> in
     vllm = import_vllm()
     rl, base = resolve_pair(args)
     tokenizer = load_tokenizer(rl, "RL", trust_remote_code=args.trust_remote_code)
-    text = build_prompt(tokenizer, args.prompt, chat_template=not args.no_chat_template)
+    text = build_prompt(tokenizer, user_prompt(args), chat_template=not args.no_chat_template)
     ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template).input_ids
     engine = {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size, **dict(args.vllm_args)}
     llm = pair_engine(rl, base, settings, trust_remote_code=args.trust_remote_code, **engine)

@@ -66,9 +66,9 @@ class ExtrapolationConfig:
     """
 
     # each field's ``help`` is the one description the CLI, lm-eval's --model_args and the demo show
-    gamma: float = field(default=0.0, metadata={"help": "γ: weights (w_base, w_rl) = (−γ, 1 + γ)"})
+    gamma: float = field(default=0.0, metadata={"help": "γ: weights (w_base, w_rl) = (−γ, 1 + γ); 0 = the RL model"})
     weights: tuple[float, float] | None = field(
-        default=None, metadata={"help": "explicit weights", "metavar": ("W_BASE", "W_RL")}
+        default=None, metadata={"help": "explicit (w_base, w_rl) instead of γ's", "metavar": ("W_BASE", "W_RL")}
     )
     select: Criterion | None = field(
         default=None, metadata={"help": "selective mode: the criterion that flags a proposal"}

@@ -90,9 +90,31 @@ def select_backend(argv: list[str]) -> list[str]:
     raise ValueError(f"--backend {backend} runs --model hfx (rl=, base=, settings in --model_args); give --model hfx")
 
 
+def hfx_help() -> str:
+    """What `eval --help` prints above lm-eval's own help: the hfx model, its arguments, the backend, the tasks."""
+    from hf_extrapolate.configuration import setting_fields
+
+    settings = "\n".join(f"        {f.name:<16} {f.metadata['help']}" for f in setting_fields())
+    return f"""\
+hf-extrapolate eval: lm-eval's command line (its help follows), plus
+  --model hfx --model_args rl=RL,base=BASE[,SETTING=VALUE,...]
+      the base/RL pair as one model (hub ids or folders); also dtype, device_map, base_device_map, load_in_4bit,
+      load_in_8bit, batch_size and lm-eval's other HF options; the extrapolation settings:
+{settings}
+      (weights as W_BASE:W_RL); temperature and top_p are the task's (or --gen_kwargs'), not model arguments
+  --backend vllm    run --model hfx on vLLM (the pair as one vLLM model); default hf
+  --tasks hfx_...   the paper's tasks: hfx_math500, hfx_aime24, hfx_aime25, hfx_amc23, hfx_gsm8k, hfx_math,
+                    hfx_toy_arith (offline), and _avgK variants; folder: `hf-extrapolate tasks-path`
+example: hf-extrapolate eval --model hfx --model_args rl=RL,base=BASE,gamma=0.1 --tasks hfx_toy_arith \\
+             --apply_chat_template
+"""
+
+
 def run(args: argparse.Namespace) -> int:
     """Register ``hfx`` (and ``hfx_vllm``) with lm-eval, parse the arguments with lm-eval's parser, add the task
     folder, run."""
+    if not args.lm_eval_args or {"-h", "--help"} & set(args.lm_eval_args):
+        print(hfx_help())
     argv = select_backend(args.lm_eval_args)
     require_extra("eval", "lm_eval", "datasets", "math_verify")
     from hf_extrapolate.vllm import alias_cpu_distribution

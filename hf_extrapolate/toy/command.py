@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.add_argument("--reweight", choices=REWEIGHT_CHOICES, default="none", help="GRPO token reweighting (paper §3)")
     p.add_argument("--reweight-c", type=float, default=0.2, help="c in w = 1 + c − c·π_old (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="pair cache (default: $HF_EXTRAPOLATE_HOME or ~/.cache/hf_extrapolate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy pair's data, SFT and GRPO")
+    p.add_argument("--cache-dir", help="pair cache (default: $HF_EXTRAPOLATE_HOME, else "
+                                       "$XDG_CACHE_HOME/hf_extrapolate, else ~/.cache/hf_extrapolate)")  # fmt: skip
     p.add_argument(
         "--set", type=setting, action="append", default=[], metavar="FIELD=VALUE", dest="settings",
         help="another ToySettings field, e.g. --set grpo_steps=300 (repeatable; a different pair, cached apart)",

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -24,13 +25,15 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from hf_extrapolate.evaluation.grading import INSTRUCTION
 from hf_extrapolate.extras import require_extra
@@ -135,8 +138,55 @@ def _build_model(settings: ToySettings, tokenizer: PreTrainedTokenizerFast) -> t
     return model
 
 
+# TRL's configs turn gradient checkpointing on; transformers 5.24 renamed the option (the old name warns)
+CHECKPOINTING = next(n for n in ("activation_checkpointing", "gradient_checkpointing")
+                     if n in TrainingArguments.__dataclass_fields__)  # fmt: skip
+
+
+class _StageProgress(ProgressCallback):
+    """transformers' training bar, named after the stage it counts (its total and ETA as usual)."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.stage)
+
+
+def _train(trainer, stage: str) -> None:
+    """Train with a bar named after ``stage``. TRL 1.x still calls transformers' `gradient_checkpointing_*`
+    methods, which transformers 5.24 deprecated: those FutureWarnings are TRL's, not the user's, so hidden here."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_StageProgress(stage))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing", FutureWarning)
+        trainer.train()
+
+
+@contextlib.contextmanager
+def _quiet_setup():
+    """While the trainers import and preprocess: no `datasets` bar per map step (the stage bar follows), and no
+    bitsandbytes CPU-kernel warning (TRL imports bitsandbytes where it is installed; the toy never quantizes)."""
+    from datasets.utils import logging as datasets_logging
+
+    shown, bnb = datasets_logging.is_progress_bar_enabled(), logging.getLogger("bitsandbytes")
+    datasets_logging.disable_progress_bar()
+    level = bnb.level
+    bnb.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        bnb.setLevel(level)
+        if shown:
+            datasets_logging.enable_progress_bar()
+
+
 def _common_args(settings: ToySettings, out: Path) -> dict:
     return {
+        CHECKPOINTING: True,
         "output_dir": str(out / "trainer"),
         "seed": settings.seed,
         "data_seed": settings.seed,
@@ -180,8 +230,9 @@ def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToyS
 def train_base(settings: ToySettings, out: Path) -> None:
     """SFT a fresh model on noisy worked solutions of `settings.sft_problems` train problems (+ `<|im_end|>`)."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
 
+    with _quiet_setup():
+        from trl import SFTConfig, SFTTrainer
     start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     rng = random.Random(f"slips/{settings.seed}")
@@ -203,13 +254,14 @@ def train_base(settings: ToySettings, out: Path) -> None:
         completion_only_loss=True,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
-        model=_build_model(settings, tokenizer),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    trainer.train()
+    with _quiet_setup():
+        trainer = SFTTrainer(
+            model=_build_model(settings, tokenizer),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    _train(trainer, "toy base model: SFT")
     _save(trainer, tokenizer, out, settings, start)
 
 
@@ -244,8 +296,8 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     """GRPO (optionally reweighted along the RLVR direction) from the base model in `base`."""
     from datasets import Dataset
 
-    from hf_extrapolate.training import DirectionalGRPOConfig, DirectionalGRPOTrainer
-
+    with _quiet_setup():
+        from hf_extrapolate.training import DirectionalGRPOConfig, DirectionalGRPOTrainer
     start = time.perf_counter(), _cpu_seconds()
     tokenizer = toy_tokenizer()
     batch = settings.grpo_prompts * settings.num_generations
@@ -266,14 +318,15 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
         reweight=settings.reweight,
         reweight_c=settings.reweight_c,
     )
-    trainer = DirectionalGRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(base),
-        reward_funcs=_correctness,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    trainer.train()
+    with _quiet_setup():
+        trainer = DirectionalGRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base),
+            reward_funcs=_correctness,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+    _train(trainer, "toy RL model: GRPO")
     _save(trainer, tokenizer, out, settings, start)
 
 
