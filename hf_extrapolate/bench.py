@@ -449,9 +449,14 @@ def main(args: argparse.Namespace) -> int:
     command = "hf-extrapolate " + shlex.join(sys.argv[sys.argv.index("bench") :] if "bench" in sys.argv else ["bench"])
     info = machine(args.device, args.threads)
     print(f"{command}\n{json.dumps(info)}", file=sys.stderr)
+    warning = few_repeats_warning(args.repeats)
+    if warning:
+        print(warning, file=sys.stderr)
     rows = run(args.lengths, args.batches, args.variants, args.repeats, settings)
     checks = targets(rows)
     text = markdown(rows, checks, info, command)
+    if warning:
+        text = f"> {warning}\n\n{text}"
     print(text)
     if args.out:
         report = {"command": command, "machine": info, "settings": settings, "variants": VARIANTS,
@@ -462,6 +467,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_REPEATS = 3  # fewer interleaved repeats per cell give ratios that a loaded machine can turn upside down
+
+
+def few_repeats_warning(repeats: int) -> str | None:
+    """The line printed (and written above the table) when a run has too few repeats for its ratios to mean much."""
+    if repeats >= MIN_REPEATS:
+        return None
+    return (f"WARNING: {repeats} repeat(s) per cell: ratios from fewer than {MIN_REPEATS} interleaved repeats are "
+            f"noise on a machine doing other work (one run printed the pair faster than one model); use --repeats "
+            f"{MIN_REPEATS} or more for figures")  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="decoding speed and peak memory against the RL model alone",
                               description=__doc__)  # fmt: skip
@@ -469,7 +486,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=_ints, help="batch sizes, comma-separated (1,8)")
     p.add_argument("--variants", type=_names, help=f"subset of {','.join(VARIANTS)} (all but the vllm ones)")
     p.add_argument("--repeats", type=int, help="runs per cell; medians are reported (3)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 32/64 only, one repeat")
+    p.add_argument("--quick", action="store_true", help="smoke run: 32/64 only, one repeat (ratios not to be read)")
     p.add_argument("--backend", choices=list(GRIDS), default="hf",
                    help="the grid when not given: vllm = vllm-rl,vllm-pair,processor, 124M 'vllm' preset, 32/256, "
                    "batches 16,64, 1 repeat")  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolatedForCausalLM
-from hf_extrapolate.bench import GRIDS, _run_one, lower_bound, markdown, measure, targets
+from hf_extrapolate.bench import GRIDS, _run_one, few_repeats_warning, lower_bound, markdown, measure, targets
 
 PROMPTS = ["12+3=", "1+1234567=", "a"]  # left-padded to one length
 NEW = 6
@@ -107,3 +107,5 @@ def test_bench_command_writes_markdown_and_json(tmp_path):
     assert report["machine"]["torch"] == torch.__version__
     table = (tmp_path / "bench.md").read_text()
     assert "| 4/8 | 1 | processor |" in table and "processor peak / (models + caches), 4/8, batch 1" in table
+    assert table.startswith("> WARNING: 2 repeat(s) per cell")  # fewer than 3: the ratios carry a warning
+    assert few_repeats_warning(3) is None and "1 repeat(s)" in few_repeats_warning(1)
