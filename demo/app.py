@@ -83,7 +83,7 @@ def _shown(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.rl is None:
-        print("using the toy pair (training it first if it is not cached; this can take up to ~10 minutes)")
+        print("using the toy pair")  # pair_paths announces a training, with its expected time, if one is needed
     try:
         if args.dry_run:
             raise SystemExit(dry_run(args, tokens=args.max_new_tokens))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -222,3 +223,22 @@ def test_bad_settings_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: hf-extrapolate train-toy") and "FIELD one of seed" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_first_training_says_what_it_does_and_prints_no_avoidable_warning(tmp_path):
+    """`train-toy` on an empty cache, in a fresh process: its first line says what is trained, how long it takes and
+    where it is cached; each stage has a named bar; no third-party warning that the project causes (transformers'
+    checkpointing deprecations, TRL's bitsandbytes import, datasets' per-map bars) reaches the terminal."""
+    env = {**os.environ, "HF_EXTRAPOLATE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_extrapolate.cli", "train-toy", *SETS], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[0].startswith("hf-extrapolate: no cached toy pair for these settings (seed 0): training it (SFT")
+    assert "on a quiet 2-core machine; cached in " + str(tmp_path / "cache") in lines[0]
+    assert any(line.startswith("toy base model: SFT:") for line in lines)
+    assert any(line.startswith("toy RL model: GRPO:") for line in lines)
+    noise = [line for line in lines if re.search(r"Warning|warnings\.warn|Failed to load|dataset:", line)]
+    assert not noise, noise

@@ -106,13 +106,15 @@ def run(args: argparse.Namespace) -> int:
     from hf_extrapolate import load_pair
     from hf_extrapolate.toy import pair_paths
     from hf_extrapolate.toy.task import make_problems
+    from hf_extrapolate.toy.train import no_transformers_bars
 
     if args.n_problems < 1 or args.samples < 2:
         raise ValueError("--n-problems must be >= 1 and --samples >= 2 (avg@k needs several samples)")
     check_output_folder(args.out, overwrite=args.overwrite)  # before the minutes of training and decoding
     start = time.time()
     rl_dir, base_dir = pair_paths(seed=args.seed)
-    rl, base, tokenizer = load_pair(str(rl_dir), str(base_dir), dtype="float32")
+    with no_transformers_bars():
+        rl, base, tokenizer = load_pair(str(rl_dir), str(base_dir), dtype="float32")
     models = {"rl": rl, "base": base}
     problems = make_problems("test", args.n_problems, seed=args.seed)
     ms = methods()

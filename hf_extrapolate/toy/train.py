@@ -167,6 +167,20 @@ def _train(trainer, stage: str) -> None:
 
 
 @contextlib.contextmanager
+def no_transformers_bars():
+    """Hide transformers' own progress bars (writing and loading shards) for the toy's tiny models."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _quiet_setup():
     """While the trainers import and preprocess: no `datasets` bar per map step (the stage bar follows), and no
     bitsandbytes CPU-kernel warning (TRL imports bitsandbytes where it is installed; the toy never quantizes)."""
@@ -214,7 +228,8 @@ def _digests(folder: Path) -> dict[str, str]:
 def _save(trainer, tokenizer: PreTrainedTokenizerFast, out: Path, settings: ToySettings, start: tuple) -> None:
     """Save model and tokenizer, with the settings, the wall-clock and CPU seconds since `start`, and the files'
     sha256 (checked on reuse)."""
-    trainer.model.save_pretrained(out)
+    with no_transformers_bars():  # a 0.6M-parameter model: a bar per file is noise
+        trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "trainer", ignore_errors=True)
     info = {
@@ -320,7 +335,7 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
     )
     with _quiet_setup():
         trainer = DirectionalGRPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(base),
+            model=_load(base),
             reward_funcs=_correctness,
             args=args,
             train_dataset=Dataset.from_list(rows),
@@ -328,6 +343,11 @@ def train_rl(settings: ToySettings, base: Path, out: Path) -> None:
         )
     _train(trainer, "toy RL model: GRPO")
     _save(trainer, tokenizer, out, settings, start)
+
+
+def _load(folder: Path) -> torch.nn.Module:
+    with no_transformers_bars():
+        return AutoModelForCausalLM.from_pretrained(folder)
 
 
 def check_cached(folder: Path) -> str | None:
