@@ -59,9 +59,11 @@ def resolve_pair(args: argparse.Namespace) -> tuple[str, str]:
     The loading options are checked first, so that a typo (``--dtype float33``, ``--device-map cuda:7`` on a
     machine without that GPU) fails at once, before the toy pair is trained or any weights are read.
     """
-    from .loading import check_device_map, check_dtype
+    from .loading import check_device_map, check_dtype, quantization
 
     check_dtype(args.dtype, "--dtype")
+    if not args.dry_run:  # a memory estimate needs no GPU
+        quantization(args.load_in_4bit, args.load_in_8bit, command_line=True)
     check_device_map(args.device_map, "--device-map")
     check_device_map(args.base_device_map, "--base-device-map")
     if args.rl and args.base:

@@ -22,19 +22,26 @@ def check_tokenizers(rl_tokenizer: Any, base_tokenizer: Any, rl_name: str = "RL"
 
 
 def quantization(
-    load_in_4bit: bool = False, load_in_8bit: bool = False, quantization_config: Any = None
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    quantization_config: Any = None,
+    *,
+    command_line: bool = False,
 ) -> BitsAndBytesConfig | Any:
-    """The `quantization_config` for `from_pretrained`, refusing combinations that cannot run here."""
+    """The `quantization_config` for `from_pretrained`, refusing combinations that cannot run here (naming the
+    options as the command line spells them when ``command_line``)."""
+    four, eight, dtype = ("--load-in-4bit", "--load-in-8bit", "--dtype bfloat16") if command_line else (
+        "load_in_4bit", "load_in_8bit", "dtype='bfloat16'")  # fmt: skip
     if load_in_4bit and load_in_8bit:
-        raise ValueError("choose one of load_in_4bit and load_in_8bit, not both")
+        raise ValueError(f"choose one of {four} and {eight}, not both")
     if (load_in_4bit or load_in_8bit) and quantization_config is not None:
-        raise ValueError("pass either quantization_config or load_in_4bit/load_in_8bit, not both")
+        raise ValueError(f"pass either quantization_config or {four}/{eight}, not both")
     if not (load_in_4bit or load_in_8bit):
         return quantization_config
     if not torch.cuda.is_available():
         raise ValueError(
-            "bitsandbytes 4-bit/8-bit loading needs a CUDA GPU and none is visible; drop load_in_4bit/load_in_8bit "
-            "(or use dtype='bfloat16') on this machine"
+            f"bitsandbytes 4-bit/8-bit loading needs a CUDA GPU and none is visible; drop {four}/{eight} "
+            f"(or use {dtype}) on this machine"
         )
     if load_in_4bit:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")

@@ -26,6 +26,9 @@ BAD_OPTIONS = [
                  marks=pytest.mark.skipif(GPUS > 7, reason="CUDA device 7 exists")),
     pytest.param(["--base-device-map", "cuda:1"], "--base-device-map 'cuda:1' needs CUDA device 1, but torch sees ",
                  marks=pytest.mark.skipif(GPUS > 1, reason="CUDA device 1 exists")),
+    pytest.param(["--load-in-4bit"], "bitsandbytes 4-bit/8-bit loading needs a CUDA GPU and none is visible; drop "
+                 "--load-in-4bit/--load-in-8bit (or use --dtype bfloat16)",  # the flags, not the Python keywords
+                 marks=pytest.mark.skipif(GPUS > 0, reason="a CUDA GPU exists")),
 ]  # fmt: skip
 
 
