@@ -348,7 +348,7 @@ def test_page_in_chromium(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, log_path, _ = served
     shot = Path(os.environ.get("HFX_DEMO_SCREENSHOT") or tmp_path / "demo.png")
-    width, height = 1400, 1000
+    width, height = 1280, 1000  # a common laptop width: the right-most column's cards must still fit
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
