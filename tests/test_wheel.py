@@ -48,6 +48,15 @@ def test_packages_list_every_subpackage() -> None:
     assert tool["package-dir"] == {"hf_extrapolate.eval_tasks": "eval_tasks"}
 
 
+def test_the_space_installs_the_package_not_a_copy_of_its_dependencies() -> None:
+    """demo/requirements.txt: CPU torch (first, as everywhere), then this version's wheel with its `train` extra;
+    nothing the package's own metadata already declares."""
+    lines = [line for line in (ROOT / "demo" / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith(("#", "--"))]  # fmt: skip
+    version = PYPROJECT["project"]["version"]
+    assert lines == ["torch>=2.6", f"hf_extrapolate-{version}-py3-none-any.whl[train]"]
+
+
 def test_require_extra_names_the_install() -> None:
     require_extra("eval", "json", "os")  # installed: nothing happens
     with pytest.raises(MissingExtraError, match=r'^training needs hfx_absent_a, hfx_absent_b, which are not .*: pip '
@@ -84,6 +93,7 @@ def test_installed_wheel_outside_the_checkout(pair_dir: Path, tmp_path: Path) ->
     env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(dist)], outside, env)
     (wheel,) = dist.glob("hf_extrapolate-*.whl")
+    assert wheel.name in (ROOT / "demo" / "requirements.txt").read_text()  # the wheel the Space installs
     names = set(zipfile.ZipFile(wheel).namelist())
     tasks = ROOT / "eval_tasks"
     shipped = {f"hf_extrapolate/eval_tasks/{p.relative_to(tasks)}" for p in tasks.rglob("*")
