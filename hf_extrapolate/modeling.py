@@ -49,6 +49,7 @@ from .processor import (
     neutral_generation_config,
     requested_settings,
 )
+from .processor import position_ids as positions_of  # `forward` has a `position_ids` argument
 
 
 @dataclass
@@ -214,7 +215,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         if use_cache and cache is None:
             cache = self.new_cache()
         if position_ids is None and attention_mask is not None:  # left padding: count real tokens only
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+            position_ids = positions_of(attention_mask)[:, -input_ids.shape[1] :]
         caches = (cache.rl, cache.base) if cache is not None else (None, None)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         hidden = bool(kwargs.pop("output_hidden_states", None) or self.config.output_hidden_states)

@@ -50,6 +50,11 @@ CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_in
 )
 
 
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """``cumsum(mask) − 1`` (clamped at 0): the positions `generate` gives, so padding on either side is harmless."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def neutral_generation_config(config: GenerationConfig) -> GenerationConfig:
     """A copy of a member's ``config`` with every score-changing setting (`NEUTRAL`) unset, and temperature / top-p
     1: a pair's own generation config, so that no member's defaults (Qwen's temperature 0.7, say) warp the pair."""
@@ -341,7 +346,7 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         device = model_device(self.base_model)
         ids = input_ids.to(device)
         mask = torch.ones_like(ids) if mask is None else mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         out = self.base_model(
             input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[:, start:],
             use_cache=True, logits_to_keep=1, **{CACHE_KWARG: stream.cache},

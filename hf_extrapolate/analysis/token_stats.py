@@ -22,7 +22,7 @@ from transformers import LogitsProcessor, PreTrainedModel
 from ..configuration import ExtrapolationConfig
 from ..extrapolation import combine, entropy, kl_divergence, log_probs, shared_vocab_size
 from ..loading import model_device
-from ..processor import generate_arguments
+from ..processor import generate_arguments, position_ids
 
 # the statistics of `token_statistics`, in plotting order
 METRICS = ("delta_logp", "base_entropy", "rl_entropy", "kl", "reverse_kl", "js")
@@ -38,11 +38,6 @@ LABELS = {
 
 # fn(rl_scores [B, c, V], base_scores [B, c, V], tokens [B, c]) -> {name: [B, c]}
 PositionFn = Callable[[Tensor, Tensor, Tensor], dict[str, Tensor]]
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """``cumsum(mask) − 1`` (clamped at 0): what `generate` uses, so padding on either side is harmless."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:

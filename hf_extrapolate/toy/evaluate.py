@@ -28,12 +28,12 @@ def generate(
     desc: str = "generate",
 ) -> list[list[str]]:
     """`k` completions per problem (sampled at temperature 1, or greedy), in the paper's prompt format."""
-    tokenizer.padding_side = "left"
     prompts = [format_prompt(p["problem"], tokenizer) for p in problems]
     torch.manual_seed(seed)
     out: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                          padding_side="left").to(model.device)  # fmt: skip
         ids = model.generate(
             **generate_arguments(
                 model,
