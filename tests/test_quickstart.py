@@ -94,6 +94,8 @@ def test_a_multi_seed_run_resumes_without_redoing_a_seed(counted, tmp_path, caps
 def test_one_seed_keeps_the_single_table(counted, tmp_path, capsys) -> None:
     out_dir = tmp_path / "out"
     assert main(["quickstart", "--seed", "3", "--n-problems", "1", "--samples", "2", "--out", str(out_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "seed 3), 1 held-out problems" in out and "Over " not in out
+    captured = capsys.readouterr()
+    assert captured.err.startswith("hf-extrapolate quickstart: 9 decoding methods on 1 held-out problems")
+    assert f"results to {out_dir}" in captured.err.splitlines()[0]  # said before any long work
+    assert "seed 3), 1 held-out problems" in captured.out and "Over " not in captured.out
     assert "across_seeds" not in json.loads((out_dir / "quickstart.json").read_text())

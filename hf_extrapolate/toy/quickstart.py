@@ -201,6 +201,10 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(dict.fromkeys(args.seeds))
     check_output_folder(args.out, overwrite=args.overwrite)  # before the minutes of training and decoding
     start = time.time()
+    print(f"hf-extrapolate quickstart: {len(methods())} decoding methods on {args.n_problems} held-out problems "
+          f"({args.samples} samples and a greedy pass each) for {len(seeds)} toy pair(s) (seeds "
+          f"{' '.join(map(str, seeds))}); under a minute per seed on a quiet 2-core machine once its pair is trained; "
+          f"results to {Path(args.out).absolute()}", file=sys.stderr, flush=True)  # fmt: skip
     runs, infos = {}, []
     for i, seed in enumerate(seeds):
         if len(seeds) > 1:
