@@ -136,3 +136,16 @@ def test_device_map_with_offload_and_mixed_dtypes(folders, tmp_path):
     assert base16.dtype == torch.bfloat16
     out = ExtrapolatedForCausalLM(plain_rl, base16, gamma=0.5, tokenizer=tok)(**ids).logits
     assert out.dtype == torch.float32 and (out - plain(**ids).logits).abs().max() < 0.2
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    """`COMMAND --help` explains each option (and shows the default where there is one worth showing)."""
+    from hf_extrapolate.cli import COMMANDS, build_parser
+
+    _, sub = build_parser(*COMMANDS)
+    for name, parser in sub.choices.items():
+        silent = [a.option_strings for a in parser._actions if a.option_strings and not (a.help or "").strip()]
+        assert not silent, f"hf-extrapolate {name}: options without help {silent}"
+    text = " ".join(sub.choices["generate"].format_help().split())  # argparse wraps lines
+    assert "0 = the RL model (default: 0.0)" in text and "tokens to generate at most (default: 256)" in text
+    assert "--instruction" in text and 'Compute 12+3+5+9+7.' in text  # the toy pair's prompt format
