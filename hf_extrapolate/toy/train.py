@@ -182,8 +182,9 @@ def no_transformers_bars():
 
 @contextlib.contextmanager
 def _quiet_setup():
-    """While the trainers import and preprocess: no `datasets` bar per map step (the stage bar follows), and no
-    bitsandbytes CPU-kernel warning (TRL imports bitsandbytes where it is installed; the toy never quantizes)."""
+    """While the trainers import and preprocess: no `datasets` bar per map step (the stage bar follows), no
+    bitsandbytes CPU-kernel warning (TRL imports bitsandbytes where it is installed; the toy never quantizes), and
+    no TRL warning about the installed vLLM's version (TRL checks it on import; the toy never generates with vLLM)."""
     from datasets.utils import logging as datasets_logging
 
     shown, bnb = datasets_logging.is_progress_bar_enabled(), logging.getLogger("bitsandbytes")
@@ -191,7 +192,9 @@ def _quiet_setup():
     level = bnb.level
     bnb.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"TRL currently supports vLLM", UserWarning)
+            yield
     finally:
         bnb.setLevel(level)
         if shown:
