@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, PreTrainedModel, StoppingCriteria
 from transformers.generation import BaseStreamer
 
 from hf_extrapolate import DeltaLogpExtrapolation, ExtrapolationConfig
-from hf_extrapolate.analysis.token_stats import teacher_forced
+from hf_extrapolate.analysis.token_stats import teacher_forced, token_log_probs
 from hf_extrapolate.configuration import CRITERIA
 from hf_extrapolate.evaluation.grading import build_prompt
 from hf_extrapolate.extrapolation import (
@@ -129,17 +129,14 @@ def token_stats(
     def at_position(rl_scores: Tensor, base_scores: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         logp_rl, logp_base = log_probs(rl_scores), log_probs(base_scores)
         logp_x = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
-        inside = tokens < logp_rl.shape[-1]  # a model may emit an id beyond the shared vocabulary (a padding row)
-        index = tokens.clamp(max=logp_rl.shape[-1] - 1).unsqueeze(-1)
-        out = {name: logp.gather(-1, index)[..., 0].masked_fill(~inside, math.nan)
-               for name, logp in (("logp_base", logp_base), ("logp_rl", logp_rl))}  # fmt: skip
+        out = {"logp_base": token_log_probs(logp_base, tokens), "logp_rl": token_log_probs(logp_rl, tokens)}
         for name, logp in (("base", logp_base), ("rl", logp_rl), ("extrapolated", logp_x)):
             out[f"{name}_p"], out[f"{name}_id"] = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
             out[f"{name}_p"] = out[f"{name}_p"].exp()
         if resampled and config.select is not None:
             mixture, (m, _) = combine(logp_rl, logp_base, config)
-            sampled = sampling_log_probs(logp_x, config.temperature, config.top_p).gather(-1, index)[..., 0]
-            chance = (m.log() + sampled - mixture.gather(-1, index)[..., 0]).exp()
+            sampled = token_log_probs(sampling_log_probs(logp_x, config.temperature, config.top_p), tokens)
+            chance = (m.log() + sampled - token_log_probs(mixture, tokens)).exp()  # NaN (then 0) beyond the vocabulary
             out["chance"] = chance.nan_to_num(0.0).clamp(0.0, 1.0)
         return out
 

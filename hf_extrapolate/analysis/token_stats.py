@@ -94,14 +94,19 @@ def teacher_forced(
     return out
 
 
+def token_log_probs(logp: Tensor, tokens: Tensor) -> Tensor:
+    """``logp`` (``[..., vocab]``) at each of ``tokens`` (``[...]``); NaN for a token beyond the shared vocabulary
+    (a padding row a model may emit), which has no log-prob there."""
+    inside = tokens < logp.shape[-1]
+    index = tokens.clamp(max=logp.shape[-1] - 1).unsqueeze(-1)
+    return logp.gather(-1, index).squeeze(-1).masked_fill(~inside, math.nan)
+
+
 def _statistics(rl_scores: Tensor, base_scores: Tensor, tokens: Tensor) -> dict[str, Tensor]:
     logp_rl, logp_base = log_probs(rl_scores), log_probs(base_scores)
-    inside = tokens < logp_rl.shape[-1]  # a token beyond the shared vocabulary has no Δlog p
-    index = tokens.clamp(max=logp_rl.shape[-1] - 1).unsqueeze(-1)
-    delta = (logp_rl.gather(-1, index) - logp_base.gather(-1, index)).squeeze(-1)
     kl, reverse_kl = kl_divergence(logp_rl, logp_base), kl_divergence(logp_base, logp_rl)
     return {
-        "delta_logp": delta.masked_fill(~inside, math.nan),
+        "delta_logp": token_log_probs(logp_rl, tokens) - token_log_probs(logp_base, tokens),
         "base_entropy": entropy(logp_base),
         "rl_entropy": entropy(logp_rl),
         "kl": kl,

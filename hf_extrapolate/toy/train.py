@@ -167,17 +167,22 @@ def _train(trainer, stage: str) -> None:
 
 
 @contextlib.contextmanager
-def no_transformers_bars():
-    """Hide transformers' own progress bars (writing and loading shards) for the toy's tiny models."""
-    from transformers.utils import logging as transformers_logging
-
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
+def _bars_off(library_logging):
+    """Hide a library's progress bars for the block (transformers' and datasets' `utils.logging` share the API)."""
+    shown = library_logging.is_progress_bar_enabled()
+    library_logging.disable_progress_bar()
     try:
         yield
     finally:
         if shown:
-            transformers_logging.enable_progress_bar()
+            library_logging.enable_progress_bar()
+
+
+def no_transformers_bars() -> contextlib.AbstractContextManager:
+    """Hide transformers' own progress bars (writing and loading shards) for the toy's tiny models."""
+    from transformers.utils import logging as transformers_logging
+
+    return _bars_off(transformers_logging)
 
 
 @contextlib.contextmanager
@@ -187,18 +192,15 @@ def _quiet_setup():
     no TRL warning about the installed vLLM's version (TRL checks it on import; the toy never generates with vLLM)."""
     from datasets.utils import logging as datasets_logging
 
-    shown, bnb = datasets_logging.is_progress_bar_enabled(), logging.getLogger("bitsandbytes")
-    datasets_logging.disable_progress_bar()
+    bnb = logging.getLogger("bitsandbytes")
     level = bnb.level
     bnb.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with _bars_off(datasets_logging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"TRL currently supports vLLM", UserWarning)
             yield
     finally:
         bnb.setLevel(level)
-        if shown:
-            datasets_logging.enable_progress_bar()
 
 
 def _common_args(settings: ToySettings, out: Path) -> dict:
