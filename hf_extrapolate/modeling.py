@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
 
+from .concurrency import ConcurrentForwards, pays_off
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig, extrapolation_config
 from .extrapolation import NEG_INF, check_finite_scores, combine, shared_vocab_size
 from .loading import HUB_KWARGS, check_tokenizers, load_pair, model_device
@@ -124,6 +127,11 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     typical-p, ...) are refused, so `generate` samples the exact mixture. NaN or +inf logits of either model are
     refused. One wrapper serves one `generate` call at a time (a call's settings are held on the wrapper).
 
+    ``concurrent`` runs the base model's forward beside the RL model's (`hf_extrapolate.concurrency`), with the
+    same outputs as one after the other: ``None`` (the default) when it pays off (`pays_off`: the members on
+    separate devices, or both on a CPU with ≥ 2 threads and ≥ 20M parameters each). ``cpu_threads`` = (RL, base)
+    sets the CPU thread plan for it; by default torch's thread count is split in two.
+
     Example:
 
     ```python
@@ -149,6 +157,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         *,
         tokenizer: Any = None,
         base_tokenizer: Any = None,
+        concurrent: bool | None = None,
+        cpu_threads: tuple[int, int] | None = None,
         **settings: Any,
     ):
         """``extrapolation``: an `ExtrapolationConfig`, or γ as a number; or give its fields as keywords."""
@@ -173,7 +183,11 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         self.tokenizer = tokenizer
         self.vocab_width = shared_vocab_size(rl_width, base_width, len(tokenizer) if tokenizer is not None else None)
         self.generation_config = neutral_generation_config(rl_model.generation_config)  # saved with the pair
+        self.concurrent, self.cpu_threads = concurrent, cpu_threads
+        if cpu_threads is not None:
+            ConcurrentForwards(cpu_threads)  # one clear error now, not at the first forward
         self._prompt_length: int | None = None  # set while `generate` runs, for error messages
+        self._forwards: ConcurrentForwards | None = None  # the concurrent session a `generate` call runs in
         self.post_init()  # gathers the members' _no_split_modules, tied keys, fp32 modules (device_map, saving)
 
     def init_weights(self) -> None:
@@ -219,14 +233,16 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         caches = (cache.rl, cache.base) if cache is not None else (None, None)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         hidden = bool(kwargs.pop("output_hidden_states", None) or self.config.output_hidden_states)
-        rl_out, base_out = (
-            model(
-                **{k: v.to(model_device(model)) if v is not None else None for k, v in inputs.items()},
+        rl_call, base_call = (
+            functools.partial(
+                model, **{k: v.to(model_device(model)) if v is not None else None for k, v in inputs.items()},
                 use_cache=use_cache, logits_to_keep=logits_to_keep, **{CACHE_KWARG: sub_cache},
                 output_hidden_states=hidden and model is self.rl,  # the pair's hidden states are the RL model's
             )
             for model, sub_cache in zip((self.rl, self.base), caches)
         )  # fmt: skip
+        with self._concurrency():
+            rl_out, base_out = self._forwards(rl_call, base_call) if self._forwards else (rl_call(), base_call())
         rl_logits, base_logits = rl_out.logits, base_out.logits.to(rl_out.logits.device)
         width = self.vocab_width
         past = cache.get_seq_length() - input_ids.shape[1] if cache is not None else 0
@@ -266,9 +282,26 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         self._prompt_length = prompt.shape[-1] if isinstance(prompt, Tensor) else None
         try:
-            return super().generate(inputs, generation_config, **kwargs)
+            with self._concurrency():
+                return super().generate(inputs, generation_config, **kwargs)
         finally:
             self.extrapolation, self._prompt_length = settings, None
+
+    @contextlib.contextmanager
+    def _concurrency(self) -> Iterator[None]:
+        """The concurrent-forwards session of a `generate` call or of a bare forward, when ``concurrent`` (or
+        `pays_off`, for ``None``) says so; inside a session already, that one."""
+        if self._forwards is not None or not (pays_off(self.rl, self.base) if self.concurrent is None
+                                              else self.concurrent):  # fmt: skip
+            yield
+            return
+        forwards = ConcurrentForwards(self.cpu_threads)
+        with forwards.session():
+            self._forwards = forwards
+            try:
+                yield
+            finally:
+                self._forwards = None
 
     def _prepare_generation_config(self, generation_config: GenerationConfig | None, **kwargs: Any):
         """Neutralise every score-changing setting the call does not ask for (the stored config's included)."""
@@ -409,7 +442,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         reaches both models. The settings are checked, and a model naming the folder itself refused, before any
         weights load. Also accepts `load_pair`'s options (``dtype``, ``device_map``, ``base_device_map``,
         ``quantization_config``, ``load_in_4bit``, ``load_in_8bit``) and extrapolation settings (``gamma=``,
-        ``select=``, ...) that override the saved ones.
+        ``select=``, ...) that override the saved ones, and the constructor's ``concurrent`` and ``cpu_threads``.
         """
         if args:
             raise ValueError(f"ExtrapolatedForCausalLM.from_pretrained takes no positional model arguments, got {args}")
@@ -421,6 +454,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             local_files_only=bool(hub.get("local_files_only")),
         )  # fmt: skip
         trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
+        concurrency = {key: kwargs.pop(key) for key in ("concurrent", "cpu_threads") if key in kwargs}
         for key in ("code_revision", "_from_auto", "_commit_hash", "adapter_kwargs"):
             kwargs.pop(key, None)
         if not isinstance(config, ExtrapolatedConfig):
@@ -436,7 +470,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             base_revision=base.revision, base_subfolder=base.subfolder or "", trust_remote_code=trust_remote_code,
             **hub, **kwargs,
         )  # fmt: skip
-        model = cls(rl_model, base_model, settings, tokenizer=tokenizer)
+        model = cls(rl_model, base_model, settings, tokenizer=tokenizer, **concurrency)
         with contextlib.suppress(OSError):  # a folder written without one keeps the constructor's
             model.generation_config = GenerationConfig.from_pretrained(
                 path, revision=revision, subfolder=subfolder, **hub
