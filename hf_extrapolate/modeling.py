@@ -27,6 +27,7 @@ from transformers import (
     GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
+    StaticCache,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
@@ -80,6 +81,12 @@ class PairCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.rl.get_seq_length(layer_idx)
+
+    @property
+    def is_compileable(self) -> bool:
+        """False, so that `generate` passes the 2-D attention mask on (each member builds its own 4-D mask from it,
+        static caches included) and does not compile the pair's forward as one graph."""
+        return False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.rl.reorder_cache(beam_idx.to(self._device(self.rl, beam_idx)))
@@ -313,17 +320,26 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
             setattr(config, name, requested[name] if keep else neutral)
         return config, model_kwargs
 
-    def new_cache(self) -> PairCache:
-        return PairCache(DynamicCache(config=self.rl.config), DynamicCache(config=self.base.config))
+    def new_cache(self, max_cache_len: int | None = None) -> PairCache:
+        """Both models' caches: dynamic, or static ones of ``max_cache_len`` positions (fixed shapes, which
+        ``torch.compile`` of the members needs)."""
+        if max_cache_len is None:
+            return PairCache(DynamicCache(config=self.rl.config), DynamicCache(config=self.base.config))
+        return PairCache(*(StaticCache(config=m.config, max_cache_len=max_cache_len) for m in (self.rl, self.base)))
 
-    def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any):
-        if generation_config.cache_implementation not in (None, "dynamic"):
+    def _prepare_cache_for_generation(
+        self, generation_config: Any, model_kwargs: dict, generation_mode: Any, batch_size: int, max_cache_length: int
+    ) -> None:
+        """`generate`'s cache: a `PairCache` of dynamic caches, or of static ones (``cache_implementation="static"``,
+        sized ``max_cache_length``)."""
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "dynamic", "static"):
             raise ValueError(
-                f"cache_implementation={generation_config.cache_implementation!r} is not supported by "
-                "ExtrapolatedForCausalLM; it keeps one dynamic cache per model"
+                f"cache_implementation={implementation!r} is not supported by ExtrapolatedForCausalLM; use "
+                "'dynamic' (the default) or 'static' (one cache per model either way)"
             )
         if model_kwargs.get(CACHE_KWARG) is None and generation_config.use_cache is not False:
-            model_kwargs[CACHE_KWARG] = self.new_cache()
+            model_kwargs[CACHE_KWARG] = self.new_cache(max_cache_length if implementation == "static" else None)
 
     # -- saving and loading ----------------------------------------------------------------------------
     def save_pretrained(

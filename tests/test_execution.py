@@ -1,4 +1,5 @@
-"""Concurrent forwards: the wrapper with the base forward in a worker thread decodes exactly as one after the other."""
+"""How the wrapper runs never changes what it outputs: concurrent forwards (the base model in a worker thread) decode
+bit for bit as one after the other, static caches as dynamic ones."""
 
 from __future__ import annotations
 
@@ -153,3 +154,22 @@ def test_pays_off_rules(pair, monkeypatch):
 def test_session_is_required():
     with pytest.raises(RuntimeError, match=r"inside `with forwards\.session"):
         ConcurrentForwards((1, 1))(lambda: 1, lambda: 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(do_sample=False), dict(do_sample=True, top_k=0), dict(num_beams=3)],
+                         ids=["greedy", "sampling", "beams"])  # fmt: skip
+def test_static_cache_equals_dynamic(pair, kwargs):
+    """``cache_implementation="static"`` (fixed shapes, for compiling the members) decodes as the dynamic cache; the
+    attention over the longer, masked static cache rounds differently, by a few 1e-6."""
+    dynamic, static = (
+        decode(pair, False, cache_implementation=implementation, **kwargs) for implementation in ("dynamic", "static")
+    )
+    assert torch.equal(dynamic.sequences, static.sequences)
+    for a, b in zip(dynamic.scores, static.scores, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+
+def test_unsupported_cache_is_refused(pair):
+    model = ExtrapolatedForCausalLM(*pair, 0.5)
+    with pytest.raises(ValueError, match="cache_implementation='offloaded' is not supported"):
+        model.generate(PROMPTS, attention_mask=MASK, max_new_tokens=2, pad_token_id=0, cache_implementation="offloaded")
