@@ -311,7 +311,12 @@ def _reference_lists(
 
 
 def combine(
-    rl_scores: Tensor, base_scores: Tensor, config: ExtrapolationConfig, generator: torch.Generator | None = None
+    rl_scores: Tensor,
+    base_scores: Tensor,
+    config: ExtrapolationConfig,
+    generator: torch.Generator | None = None,
+    *,
+    check: bool = True,
 ) -> tuple[Tensor, SelectionRates | None]:
     """Next-token log-probabilities of extrapolated decoding, and (selective mode) the resample/change rates.
 
@@ -320,6 +325,8 @@ def combine(
         base_scores: base-model logits or log-probs, same shape.
         config: the settings.
         generator: random source for the greedy ``random`` criterion.
+        check: refuse NaN or +inf scores (`check_finite_scores`); ``False`` where the caller has just checked them
+            with a message naming the model and the step (one vocabulary-wide pass and host sync less per model).
 
     Raises ValueError for NaN or +inf scores, for a position where the RL scores mask every token, and (selective
     mode) for one where the base scores mask every token the RL scores allow.
@@ -339,8 +346,9 @@ def combine(
     top-k plus its own sampled token, so the emitted distribution is a sum of this mixture over the proposal and
     the other model's sample. ``resampled`` and ``changed`` are the same expectations over that sum.
     """
-    check_finite_scores(rl_scores, "rl_scores")
-    check_finite_scores(base_scores, "base_scores")
+    if check:
+        check_finite_scores(rl_scores, "rl_scores")
+        check_finite_scores(base_scores, "base_scores")
     logp_rl = log_probs(rl_scores)
     rl_masked = torch.isneginf(logp_rl)
     if rl_masked.all(-1).any():
@@ -352,9 +360,10 @@ def combine(
     # tokens the RL scores mask (other processors: min_new_tokens, bad words, ...) are masked for the base too
     logp_base = log_probs(base_scores.float().masked_fill(rl_masked, NEG_INF))
     if config.select is None:
-        return sampling_log_probs(
-            extrapolated_log_probs(logp_rl, logp_base, config.model_weights), config.temperature, config.top_p
-        ), None
+        logp = extrapolated_log_probs(logp_rl, logp_base, config.model_weights)
+        if config.temperature == 1 and config.top_p >= 1:  # already π_X' (sampling it again would only re-round)
+            return logp, None
+        return sampling_log_probs(logp, config.temperature, config.top_p), None
     base_empty = torch.isneginf(logp_base).all(-1)
     if base_empty.any():
         row = tuple(base_empty.nonzero()[0].tolist())

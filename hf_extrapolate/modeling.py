@@ -256,14 +256,16 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
         where = f" at positions {past}..{past + input_ids.shape[1] - 1}"
         if self._prompt_length is not None:
             where = f" at generation step {past + input_ids.shape[1] - self._prompt_length}"
-        real = slice(None)  # padding positions' logits are never used: only real tokens' are checked
-        if attention_mask is not None:
-            real = attention_mask[:, -rl_logits.shape[1] :].to(rl_logits.device).bool()
-        check_finite_scores(rl_logits[..., :width][real], "the RL model's logits", where)
-        check_finite_scores(base_logits[..., :width][real], "the base model's logits", where)
-        logp, rates = combine(rl_logits[..., :width], base_logits[..., :width], self.extrapolation)
-        if width < rl_logits.shape[-1]:
-            logp = F.pad(logp, (0, rl_logits.shape[-1] - width), value=NEG_INF)
+        rl_logits, base_logits = rl_logits[..., :width], base_logits[..., :width]
+        checked = rl_logits, base_logits
+        if attention_mask is not None and rl_logits.shape[1] > 1:  # (a decoding step's one position is real)
+            real = attention_mask[:, -rl_logits.shape[1] :, None].to(rl_logits.device).bool()
+            checked = tuple(x.where(real, 0.0) for x in checked)  # padding positions' logits are never used
+        check_finite_scores(checked[0], "the RL model's logits", where)
+        check_finite_scores(checked[1], "the base model's logits", where)
+        logp, rates = combine(rl_logits, base_logits, self.extrapolation, check=False)
+        if width < rl_out.logits.shape[-1]:
+            logp = F.pad(logp, (0, rl_out.logits.shape[-1] - width), value=NEG_INF)
         loss = None
         if labels is not None:
             shift = logp[..., :-1, :].reshape(-1, logp.shape[-1])

@@ -370,7 +370,7 @@ class DeltaLogpExtrapolation(LogitsProcessor):
         where = f" at generation step {input_ids.shape[1] - stream.start}"
         check_finite_scores(scores[:, :width], "the RL model's logits", where)
         check_finite_scores(base[:, :width], "the base model's logits", where)
-        logp, rates = combine(scores[:, :width], base[:, :width], self.config, self.generator)
+        logp, rates = combine(scores[:, :width], base[:, :width], self.config, self.generator, check=False)
         if rates is not None:
             # rows that have finished (their last token is padding or EOS) are not emitting anything
             active = ~torch.isin(input_ids[:, -1], self._stop_ids.to(input_ids.device)).to(logp.device)
