@@ -208,13 +208,16 @@ def _warm_runtime(device: str) -> None:
 def measure(
     variant: str, prompt: int, new: int, batch: int, *, preset: str = "cpu", device: str = "cpu",
     dtype: str = "float32", load_in_4bit: bool = False, threads: int | None = None, top_p: float = 1.0,
-    nocache_budget: float | None = None,
+    nocache_budget: float | None = None, static_cache: bool = False, compile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Time one `generate` call of ``variant`` emitting exactly ``new`` tokens per row; return seconds and memory.
 
     Sampling is at temperature 1 with ``top_p``, which selective mode applies inside the processor (as the paper's
     two-stage sampler does) and every other variant in `generate`. The no-cache variant stops after
-    ``nocache_budget`` seconds; its times are then `lower_bound`s.
+    ``nocache_budget`` seconds; its times are then `lower_bound`s. ``static_cache`` decodes with
+    ``cache_implementation="static"`` (every cache generate makes; the processor's own base cache stays dynamic),
+    ``compile`` wraps each model's forward in ``torch.compile`` (and turns generate's own automatic compile off, so
+    every variant is compiled the same way).
     """
     if variant in VLLM_VARIANTS:
         from .vllm.bench import measure_vllm
@@ -229,6 +232,9 @@ def measure(
         _build(preset, seed, getattr(torch, dtype), device, load_in_4bit)
         for seed in ((0,) if variant == "rl" else (0, 1))
     ]
+    if compile:
+        for m in models:
+            m.forward = torch.compile(m.forward)
     rl, base = models[0], models[-1]
     model, processors = rl, []
     if variant in ("wrapper", "concurrent"):  # concurrent: torch's threads split in two (`thread_plan`)
@@ -252,9 +258,10 @@ def measure(
             model, processors, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
             min_new_tokens=n, stopping_criteria=stopping_criteria, do_sample=True, temperature=1.0, top_k=0,
             top_p=1.0 if variant == "selective" else top_p, pad_token_id=PAD_ID,
+            **({"cache_implementation": "static"} if static_cache else {}), disable_compile=True,
         ))  # fmt: skip
 
-    generate(4)  # warm-up: kernels and allocator at these shapes
+    generate(new if compile else 4)  # warm-up: kernels and allocator (compiled graphs: the timed shapes)
     _reset_peak()
     _synchronize(device)
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -453,7 +460,8 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         args.lengths, args.repeats = [(32, 64)], 1
     settings = dict(preset=args.model, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
-                    threads=args.threads, top_p=args.top_p, nocache_budget=args.nocache_budget)  # fmt: skip
+                    threads=args.threads, top_p=args.top_p, nocache_budget=args.nocache_budget,
+                    static_cache=args.static_cache, compile=args.compile)  # fmt: skip
     command = "hf-extrapolate " + shlex.join(sys.argv[sys.argv.index("bench") :] if "bench" in sys.argv else ["bench"])
     info = machine(args.device, args.threads)
     print(f"{command}\n{json.dumps(info)}", file=sys.stderr)
@@ -506,6 +514,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nocache-budget", type=float, default=120.0,
                    help="seconds after which a no-cache run stops; its time is then a lower bound (120)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (torch's default)")
+    p.add_argument("--static-cache", action="store_true", help="cache_implementation='static' in every generate")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each model's forward (with --static-cache: fixed shapes; for GPUs)")  # fmt: skip
     p.add_argument("--out", help="folder for bench.md and bench.json")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.set_defaults(func=main)

@@ -17,6 +17,8 @@ bench() { timeout "$1" python3 -m hf_extrapolate.cli bench --device cuda --model
     --lengths 32/256 --repeats 1 --nocache-budget 15 "${@:2}" 2>&1 | grep -v "^  repeat"; }
 bench 420 --batches 1,8 --variants rl,processor,wrapper,selective --out "$out/bf16"
 bench 300 --batches 1 --variants rl,processor,selective --load-in-4bit --out "$out/nf4"
+# the performance issue's GPU targets: static caches + torch.compile (≤ 1.3× on one GPU), and concurrent forwards
+bench 420 --batches 1 --variants rl,processor,wrapper,concurrent,cfg --static-cache --compile --out "$out/compiled"
 
 # vLLM on CUDA (skipped where vLLM is not installed: `pip install vllm==0.32.*` in its own environment first, then
 # `pip install --no-deps -e .`). The same equivalence tests as CI's CPU run, with CUDA graphs on (the tests' engines

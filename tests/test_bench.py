@@ -63,6 +63,14 @@ def test_measure_runs_every_variant_on_a_tiny_pair():
     assert expected["rl"] < expected["nocache"] < expected["processor"]  # two models, one cache
 
 
+def test_static_cache_runs_every_route():
+    """``bench --static-cache``: each route decodes its N tokens with static caches (``--compile`` on top of it is
+    a GPU measurement, too slow to compile here)."""
+    for variant in ("rl", "processor", "wrapper", "concurrent", "cfg"):
+        result = measure(variant, 4, 5, 2, preset="tiny", static_cache=True)
+        assert result["tokens"] == 5, variant
+
+
 def test_no_cache_run_cut_short_gives_a_lower_bound():
     stamps = list(itertools.accumulate(range(11)))  # step i costs i: 10 steps done in 55 s
     assert lower_bound(stamps, 10) == 55
