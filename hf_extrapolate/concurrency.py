@@ -38,6 +38,17 @@ def thread_plan(threads: int) -> tuple[int, int]:
     return max(1, threads - threads // 2), max(1, threads // 2)
 
 
+def cpu_plan(rl: PreTrainedModel, base: PreTrainedModel, cpu_threads: tuple[int, int] | None) -> tuple[int, int]:
+    """The (RL, base) torch threads of a concurrent session: ``cpu_threads`` if given; `thread_plan` of torch's
+    thread count when both members are on the CPU (they share its cores); otherwise torch's count for each (a member
+    on a GPU needs no CPU cores of the other's)."""
+    if cpu_threads is not None:
+        return cpu_threads
+    threads = torch.get_num_threads()
+    cpu = {torch.device("cpu")}
+    return thread_plan(threads) if devices_of(rl) == devices_of(base) == cpu else (threads, threads)
+
+
 def pays_off(rl: PreTrainedModel, base: PreTrainedModel) -> bool:
     """Whether running the two forwards at once is expected to be faster than one after the other.
 
@@ -55,7 +66,7 @@ def pays_off(rl: PreTrainedModel, base: PreTrainedModel) -> bool:
 
 class ConcurrentForwards:
     """One session of concurrent forwards (a `generate` call, or one bare forward): a worker thread for the base
-    model, and on the CPU the thread plan ``cpu_threads`` = (RL, base), by default `thread_plan` of torch's
+    model, with ``cpu_threads`` = (RL, base) torch threads (`cpu_plan`), by default `thread_plan` of torch's
     thread count.
 
     Grad mode, inference mode and autocast of the calling thread carry over to the worker. Use as a context

@@ -32,7 +32,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import resolve_revision
 
-from .concurrency import ConcurrentForwards, pays_off
+from .concurrency import ConcurrentForwards, cpu_plan, pays_off
 from .configuration import ExtrapolatedConfig, ExtrapolationConfig, extrapolation_config
 from .extrapolation import NEG_INF, check_finite_scores, combine, shared_vocab_size
 from .loading import HUB_KWARGS, check_tokenizers, load_pair, model_device
@@ -304,7 +304,7 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
                                               else self.concurrent):  # fmt: skip
             yield
             return
-        forwards = ConcurrentForwards(self.cpu_threads)
+        forwards = ConcurrentForwards(cpu_plan(self.rl, self.base, self.cpu_threads))
         with forwards.session():
             self._forwards = forwards
             try:

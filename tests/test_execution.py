@@ -14,7 +14,7 @@ from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from hf_extrapolate import ExtrapolatedForCausalLM
 from hf_extrapolate import concurrency as conc
-from hf_extrapolate.concurrency import ConcurrentForwards, pays_off, thread_plan
+from hf_extrapolate.concurrency import ConcurrentForwards, cpu_plan, pays_off, thread_plan
 
 PROMPTS = torch.tensor([[0, 0, 5, 9, 14, 3], [7, 21, 4, 30, 12, 8]])  # the first row left-padded
 MASK = (PROMPTS != 0).long()
@@ -134,6 +134,14 @@ def test_thread_plan_splits_the_cores():
     assert [thread_plan(n) for n in (1, 2, 3, 8)] == [(1, 1), (1, 1), (2, 1), (4, 4)]
     with pytest.raises(ValueError, match=r"cpu_threads is \(RL threads, base threads\), each ≥ 1"):
         ExtrapolatedForCausalLM(tiny_model(), tiny_model(seed=1), 0.5, cpu_threads=(2, 0))
+
+
+def test_cpu_plan_splits_cores_only_between_cpu_members(pair):
+    rl, base = pair
+    threads = torch.get_num_threads()
+    assert cpu_plan(rl, base, None) == thread_plan(threads)
+    assert cpu_plan(rl, base, (3, 2)) == (3, 2)
+    assert cpu_plan(rl, tiny_model(seed=2).to("meta"), None) == (threads, threads)  # the base model elsewhere
 
 
 def test_pays_off_rules(pair, monkeypatch):
