@@ -66,8 +66,8 @@ def test_measure_runs_every_variant_on_a_tiny_pair():
 def test_static_cache_runs_every_route():
     """``bench --static-cache``: each route decodes its N tokens with static caches (``--compile`` on top of it is
     a GPU measurement, too slow to compile here)."""
-    for variant in ("rl", "processor", "wrapper", "concurrent", "cfg"):
-        result = measure(variant, 4, 5, 2, preset="tiny", static_cache=True)
+    for variant in ("rl", "processor", "wrapper", "concurrent", "cfg"):  # fresh processes, as `bench` runs them
+        result = _run_one(dict(variant=variant, prompt=4, new=5, batch=2, preset="tiny", static_cache=True))
         assert result["tokens"] == 5, variant
 
 
