@@ -26,6 +26,7 @@ SWITCH_INTERVAL = 1e-5  # seconds; Python's default is 5e-3
 # below this many parameters a CPU forward is mostly Python, which the GIL serialises: measured on 2 cores, a
 # 5M-parameter pair decodes slower concurrently (1.99× the RL model alone) than one model after the other (1.71×)
 MIN_CPU_PARAMETERS = 20_000_000
+CPU = {torch.device("cpu")}
 
 
 def devices_of(model: PreTrainedModel) -> set[torch.device]:
@@ -45,8 +46,7 @@ def cpu_plan(rl: PreTrainedModel, base: PreTrainedModel, cpu_threads: tuple[int,
     if cpu_threads is not None:
         return cpu_threads
     threads = torch.get_num_threads()
-    cpu = {torch.device("cpu")}
-    return thread_plan(threads) if devices_of(rl) == devices_of(base) == cpu else (threads, threads)
+    return thread_plan(threads) if devices_of(rl) == devices_of(base) == CPU else (threads, threads)
 
 
 def pays_off(rl: PreTrainedModel, base: PreTrainedModel) -> bool:
@@ -57,8 +57,7 @@ def pays_off(rl: PreTrainedModel, base: PreTrainedModel) -> bool:
     kernels queue on the same device) or on one CPU thread.
     """
     rl_devices, base_devices = devices_of(rl), devices_of(base)
-    cpu = {torch.device("cpu")}
-    if rl_devices == cpu and base_devices == cpu:
+    if rl_devices == base_devices == CPU:
         big = min(rl.num_parameters(), base.num_parameters()) >= MIN_CPU_PARAMETERS
         return big and torch.get_num_threads() >= 2
     return not (rl_devices & base_devices)
@@ -66,15 +65,14 @@ def pays_off(rl: PreTrainedModel, base: PreTrainedModel) -> bool:
 
 class ConcurrentForwards:
     """One session of concurrent forwards (a `generate` call, or one bare forward): a worker thread for the base
-    model, with ``cpu_threads`` = (RL, base) torch threads (`cpu_plan`), by default `thread_plan` of torch's
-    thread count.
+    model, with ``cpu_threads`` = (RL, base) torch threads (see `cpu_plan`).
 
     Grad mode, inference mode and autocast of the calling thread carry over to the worker. Use as a context
     manager, then call with the two forwards (no arguments each): returns ``(rl_call(), base_call())``.
     """
 
-    def __init__(self, cpu_threads: tuple[int, int] | None = None):
-        self.cpu_threads = cpu_threads or thread_plan(torch.get_num_threads())
+    def __init__(self, cpu_threads: tuple[int, int]):
+        self.cpu_threads = cpu_threads
         if len(self.cpu_threads) != 2 or min(self.cpu_threads) < 1:
             raise ValueError(f"cpu_threads is (RL threads, base threads), each ≥ 1; got {cpu_threads!r}")
         self._pool: ThreadPoolExecutor | None = None

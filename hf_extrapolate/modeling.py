@@ -137,7 +137,8 @@ class ExtrapolatedForCausalLM(PreTrainedModel, GenerationMixin):
     ``concurrent`` runs the base model's forward beside the RL model's (`hf_extrapolate.concurrency`), with the
     same outputs as one after the other: ``None`` (the default) when it pays off (`pays_off`: the members on
     separate devices, or both on a CPU with ≥ 2 threads and ≥ 20M parameters each). ``cpu_threads`` = (RL, base)
-    sets the CPU thread plan for it; by default torch's thread count is split in two.
+    sets the CPU thread plan for it; by default, when both members are on the CPU, torch's thread count is split in
+    two (`cpu_plan`).
 
     Example:
 
