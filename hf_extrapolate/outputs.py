@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, option: str = "--out") -> Path:
@@ -45,3 +49,24 @@ def output_folder(path: str | os.PathLike, *, overwrite: bool = False, option: s
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_json(path: Path, compute: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """The JSON in ``path`` if a run stored it there; else ``compute()``, stored whole (written to a temporary,
+    then renamed: an interrupted run leaves nothing, and is done again next time). ``what`` names the run in the
+    one-line notice printed on reuse. Multi-seed experiments key ``path`` by every setting of one seed's run, so
+    that a stopped run resumes where it stopped."""
+    if path.is_file():
+        print(f"hf-extrapolate: {what} already done; reusing {path}", file=sys.stderr)
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return result
+
+
+def settings_key(*settings: Any) -> str:
+    """A short hash of JSON-able settings (what makes two runs the same run)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

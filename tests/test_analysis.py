@@ -169,3 +169,85 @@ def test_analyze_command_writes_every_file(pair, pair_dir, tmp_path, capsys):
     data.write_text('{"question": "Compute 1+2."}\n')
     assert main([*argv, "--shares", "0.2"]) == 2
     assert "problems.jsonl:1: a record needs a 'problem' (or 'question') and an 'answer'" in capsys.readouterr().err
+
+
+T_975_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 degrees of freedom (3 seeds)
+
+
+def _seed_result(base: float, rl: float, forward: dict, reverse: dict | None = None) -> dict:
+    shares = {"forward": forward, **({"reverse": reverse} if reverse else {})}
+    return {"reference": {"base": {"accuracy": base}, "rl": {"accuracy": rl}}, "recovery_shares": shares}
+
+
+def test_analysis_over_seeds_against_hand_computed_values():
+    from hf_extrapolate.analysis.seeds import across_seeds, seeds_markdown
+
+    results = {
+        0: _seed_result(0.40, 0.80, {"delta_logp": 0.01, "kl": 0.15, "random": None}, {"delta_logp": 0.2}),
+        1: _seed_result(0.30, 0.60, {"delta_logp": 0.02, "kl": 0.20, "random": None}, {"delta_logp": 0.1}),
+        2: _seed_result(0.35, 0.70, {"delta_logp": 0.03, "kl": None, "random": 0.3}, {"delta_logp": 0.3}),
+    }
+    summary = across_seeds(results)
+    gain = summary["rl_gain"]  # 0.40, 0.30, 0.35: mean 0.35, s = 0.05
+    assert gain["per_seed"] == pytest.approx({0: 0.4, 1: 0.3, 2: 0.35})
+    assert gain["mean"] == pytest.approx(0.35) and gain["ci95"] == pytest.approx(T_975_2 * 0.05 / math.sqrt(3))
+    forward = summary["recovery"]["forward"]
+    dlp = forward["shares"]["delta_logp"]  # 0.01, 0.02, 0.03: mean 0.02, s = 0.01
+    assert dlp["mean"] == pytest.approx(0.02) and dlp["ci95"] == pytest.approx(T_975_2 * 0.01 / math.sqrt(3))
+    kl = forward["shares"]["kl"]  # reached on seeds 0 and 1 only: 0.15, 0.20
+    assert (kl["reached"], kl["seeds"]) == (2, 3) and kl["mean"] == pytest.approx(0.175)
+    assert kl["ci95"] == pytest.approx(12.706204736174707 * math.sqrt(0.00125) / math.sqrt(2))  # t(0.975, 1 dof)
+    paired = forward["differences"]["kl − delta_logp"]  # only where both reached: 0.14, 0.18
+    assert paired["per_seed"] == pytest.approx({0: 0.14, 1: 0.18}) and paired["mean"] == pytest.approx(0.16)
+    random = forward["shares"]["random"]
+    assert random["reached"] == 1 and random["mean"] == pytest.approx(0.3) and math.isnan(random["ci95"])
+    assert summary["recovery"]["reverse"]["differences"] == {}  # Δlog p alone: nothing to pair it with
+    text = seeds_markdown(summary, "cmd")
+    assert "| RL − base | +40.0 | +30.0 | +35.0 | +35.0 ± 12.4 |" in text
+    assert "| 1.0% | 2.0% | 3.0% | 2.0% ± 2.5 (3 of 3 seeds) |" in text  # Δlog p: 4.3027 · 1 / √3 = 2.48
+    assert "| kl − delta_logp (paired) | +14.0 | +18.0 | — | +16.0% ± 25.4 (2 seeds) |" in text
+    assert "| not reached (2 of 3 seeds) |" not in text and "| 15.0% | 20.0% | not reached | 17.5% ± " in text
+
+
+def test_analyze_over_seeds_resumes_without_redoing_a_seed(pair_dir, tmp_path, monkeypatch, capsys):
+    """`analyze --seeds` on the tiny pair standing in for every seed's toy pair: a second run with one more seed
+    analyses only the new one, and the report holds every seed."""
+    import shutil
+
+    from hf_extrapolate.analysis import command
+    from hf_extrapolate.cli import main
+
+    pairs = tmp_path / "cache"
+    shutil.copytree(pair_dir, pairs)
+    monkeypatch.setattr("hf_extrapolate.toy.train.pair_paths", lambda seed: (pairs / "rl", pairs / "base"))
+    analysed: list[int] = []
+    real = command._analyse
+
+    def counting(args, seed, out, line):
+        analysed.append(seed)
+        return real(args, seed, out, line)
+
+    monkeypatch.setattr(command, "_analyse", counting)
+    argv = ["analyze", "--data", "toy", "--n-problems", "2", "--samples", "2", "--max-new-tokens", "6",
+            "--metrics", "delta_logp,kl", "--shares", "0.2,0.5", "--directions", "forward"]  # fmt: skip
+    assert main([*argv, "--seeds", "0", "1", "--out", str(tmp_path / "a")]) == 0
+    assert analysed == [0, 1]
+    analysed.clear()
+    assert main([*argv, "--seeds", "0", "1", "2", "--out", str(tmp_path / "b")]) == 0
+    assert analysed == [2]
+    err = capsys.readouterr().err
+    assert "seed 0 already analysed" in err and "seed 1 already analysed" in err and "seed 2 (3 of 3)" in err
+    out = tmp_path / "b"
+    assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "seed-2", "seeds.json", "seeds.md",
+                                               "recovery_over_seeds.png"}  # fmt: skip
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and "--seeds 0 1 2" in summary["command"]
+    per_seed = {s: json.loads((out / f"seed-{s}" / "analysis.json").read_text()) for s in range(3)}
+    assert [per_seed[s]["settings"]["seed"] for s in range(3)] == [0, 1, 2]  # each seed's own sampling
+    rl = [per_seed[s]["reference"]["rl"]["accuracy"] for s in range(3)]
+    assert summary["accuracy"]["RL"]["mean"] == pytest.approx(sum(rl) / 3)
+    analysed.clear()
+    assert main([*argv, "--samples", "3", "--seeds", "0", "--out", str(tmp_path / "c")]) == 0
+    assert analysed == [0]  # other settings: a different run, nothing reused
+    assert main([*argv, "--seeds", "0", "--rl", "x", "--base", "y", "--out", str(tmp_path / "d")]) == 2
+    assert "--seeds analyses the toy pair of each seed" in capsys.readouterr().err

@@ -79,7 +79,8 @@ def test_a_multi_seed_run_resumes_without_redoing_a_seed(counted, tmp_path, caps
     assert main(["quickstart", "--seeds", "0", "1", "2", *common, "--out", str(tmp_path / "b")]) == 0
     assert {seed for seed, _ in counted} == {2} and len(counted) == n_methods
     err = capsys.readouterr().err
-    assert "seed 0 already evaluated" in err and "seed 1 already evaluated" in err and "seed 2 (3 of 3)" in err
+    assert "quickstart of seed 0 already done" in err and "quickstart of seed 1 already done" in err
+    assert "seed 2 (3 of 3)" in err
     report = json.loads((tmp_path / "b" / "quickstart.json").read_text())
     assert [s["seed"] for s in report["seeds"]] == [0, 1, 2]
     gain = report["across_seeds"]["differences"]["RL − base"]

@@ -22,7 +22,7 @@ from test_toy import TINY
 
 from hf_extrapolate.cli import main
 from hf_extrapolate.toy.train import (
-    QUIET_SECONDS,
+    QUIET_RATE,
     SETTINGS_FILE,
     ToySettings,
     _digests,
@@ -195,18 +195,19 @@ def test_reusing_a_cached_pair_does_not_need_trl(cached, monkeypatch):
 def test_training_notice_estimates_from_the_quiet_machine_and_past_runs(tmp_path):
     default = ToySettings()
     line = training_notice(default, ["base", "rl"], tmp_path)
-    assert line == (f"{NOTICE} (seed 0): training it (SFT of the base model, then GRPO), ~6 min on a quiet "
+    assert line == (f"{NOTICE} (seed 0): training it (SFT of the base model, then GRPO), ~9 min on a quiet "
                     f"2-core machine; cached in {tmp_path}")  # fmt: skip
     # twice the SFT problems and a model of twice the width (4× the work per token): 8 × the quiet SFT time
     bigger = dataclasses.replace(default, sft_problems=2 * default.sft_problems, hidden_size=2 * default.hidden_size)
-    assert f", ~{8 * QUIET_SECONDS['base'] / 60:.0f} min on a quiet" in training_notice(bigger, ["base"], tmp_path)
+    quiet_sft = QUIET_RATE["base"] * default.sft_problems
+    assert f", ~{8 * quiet_sft / 60:.0f} min on a quiet" in training_notice(bigger, ["base"], tmp_path)
     # past runs here: an SFT of 20000 problems took 300 s and 100 GRPO steps 200 s, both at the default size
     for stage, seconds, fields in (("base", 300, {"sft_problems": 20000}), ("rl", 200, {"grpo_steps": 100})):
         run = tmp_path / f"toy-{stage}-0123456789ab"
         run.mkdir()
         info = {"settings": {**dataclasses.asdict(default), **fields}, "train_seconds": seconds}
         (run / SETTINGS_FILE).write_text(json.dumps(info))
-    expected = 300 * 40000 / 20000 + 200 * 150 / 100  # 900 s
+    expected = 300 * default.sft_problems / 20000 + 200 * default.grpo_steps / 100
     line = training_notice(default, ["base", "rl"], tmp_path)
     assert f"; ~{expected / 60:.0f} min judging by the runs cached here;" in line
     assert "(GRPO from the cached base model)" in training_notice(default, ["rl"], tmp_path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..commands import add_pair_arguments, dry_run, load_from_args, resolve_pair
-from ..outputs import check_output_folder, output_folder
+from ..outputs import check_output_folder, output_folder, settings_key
 from .experiment import (
     DEFAULT_SHARES,
     DIRECTIONS,
@@ -22,7 +25,8 @@ from .experiment import (
     check_sweep,
     run_analysis,
 )
-from .report import recovery_shares, write_report
+from .report import write_report
+from .seeds import write_seeds_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="top-p of every run (the paper uses 0.7; default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the problems (toy) and of sampling (default 0)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="with the toy pair: analyse the pair of each seed (its problems and sampling seeded alike) into "
+        "OUT/seed-N, then write the claims over seeds (seeds.md, seeds.json, recovery_over_seeds.png); a seed "
+        "already analysed with these settings is reused",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
     p.add_argument("--metrics", default=",".join(SWEEP_METRICS), help=f"flags to sweep, from {','.join(SWEEP_CHOICES)}")
     p.add_argument(
@@ -125,10 +135,67 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["hf-extrapolate", "analyze"]
     for key, value in vars(args).items():
         flag = f"--{key.replace('_', '-')}"
-        if key in ("func", "command") or value is None or value is False:
+        if key in ("func", "command") or value is None or value is False or (key == "seed" and args.seeds):
             continue
-        parts += [flag] if value is True else [flag, str(value)]
+        parts += (
+            [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+        )
     return shlex.join(parts)
+
+
+def _sampling(args: argparse.Namespace, seed: int) -> Sampling:
+    return Sampling(
+        samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        seed=seed, batch_size=args.batch_size,
+    )  # fmt: skip
+
+
+def _analyse(args: argparse.Namespace, seed: int, out: Path, command: str) -> list[Path]:
+    """The analysis of the pair in ``args.rl``/``args.base`` with problems and sampling of ``seed``, into ``out``."""
+    problems, grader, prompt = load_data(args.data, args.n_problems, seed, args.grader)
+    rl_model, base_model, tokenizer = load_from_args(args)
+    result = run_analysis(
+        rl_model, base_model, tokenizer, problems, grader, prompt, _sampling(args, seed),
+        metrics=_list(args.metrics), shares=_shares(args.shares), directions=_list(args.directions),
+    )  # fmt: skip
+    return write_report(result, out, command)
+
+
+ANALYSIS_VERSION = 1  # part of a seed's cache key: bump it when a change here changes what a seed's run gives
+
+
+def _seed_folder(args: argparse.Namespace, seed: int) -> Path:
+    """The cached analysis of one seed's toy pair, run now unless this exact run is already cached."""
+    from ..toy import pair_paths
+
+    rl, base = pair_paths(seed=seed)
+    seed_args = argparse.Namespace(**{**vars(args), "rl": str(rl), "base": str(base), "seed": seed, "seeds": None})
+    settings = {k: v for k, v in sorted(vars(seed_args).items()) if k not in ("func", "out", "overwrite", "dry_run")}
+    cached = rl.parent / "results" / f"analyze-{rl.name}-{settings_key(ANALYSIS_VERSION, settings)}"
+    if (cached / "analysis.json").is_file():
+        print(f"hf-extrapolate analyze: seed {seed} already analysed; reusing {cached}", file=sys.stderr)
+        return cached
+    with output_folder(cached, overwrite=True) as tmp:  # whole or not at all: an interrupted seed runs again
+        _analyse(seed_args, seed, tmp, command_line(seed_args))
+    return cached
+
+
+def run_seeds(args: argparse.Namespace) -> int:
+    """`analyze --seeds`: one analysis per seed's toy pair (cached, so a stopped run resumes), then over seeds."""
+    seeds = list(dict.fromkeys(args.seeds))
+    results, folders = {}, {}
+    for i, seed in enumerate(seeds):
+        print(f"hf-extrapolate analyze: seed {seed} ({i + 1} of {len(seeds)})", file=sys.stderr, flush=True)
+        folders[seed] = _seed_folder(args, seed)
+        results[seed] = json.loads((folders[seed] / "analysis.json").read_text())
+    out = Path(args.out)
+    with output_folder(out, overwrite=args.overwrite) as tmp:
+        for seed, folder in folders.items():
+            shutil.copytree(folder, tmp / f"seed-{seed}")
+        paths = [out / p.name for p in write_seeds_report(results, tmp, command_line(args))]
+    print((out / "seeds.md").read_text().split("\n![")[0])
+    print("wrote " + ", ".join(str(p) for p in paths) + f" and {', '.join(f'seed-{s}' for s in seeds)}/")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,27 +203,24 @@ def run(args: argparse.Namespace) -> int:
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.rl is None and args.base is None and args.data != "toy":
         raise ValueError("--rl and --base are required unless --data toy")
-    metrics, shares, directions = _list(args.metrics), _shares(args.shares), _list(args.directions)
-    check_sweep(metrics, shares, directions)
-    problems, grader, prompt = load_data(args.data, args.n_problems, args.seed, args.grader)
+    if args.seeds is not None and (args.rl or args.base or args.data != "toy"):
+        raise ValueError("--seeds analyses the toy pair of each seed: use it with --data toy and without --rl/--base "
+                         "(for one pair, --seed sets the sampling seed)")  # fmt: skip
+    check_sweep(_list(args.metrics), _shares(args.shares), _list(args.directions))
+    load_data(args.data, args.n_problems, args.seed, args.grader)  # a bad --data or --grader fails before any work
     if args.dry_run:
         return dry_run(args, tokens=args.max_new_tokens)
     check_output_folder(args.out, overwrite=args.overwrite)  # before the toy training and sampling (hours)
+    if args.seeds is not None:
+        return run_seeds(args)
     args.rl, args.base = resolve_pair(args)
-    rl_model, base_model, tokenizer = load_from_args(args)
-    sampling = Sampling(
-        samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, batch_size=args.batch_size,
-    )  # fmt: skip
-    result = run_analysis(
-        rl_model, base_model, tokenizer, problems, grader, prompt, sampling,
-        metrics=metrics, shares=shares, directions=directions,
-    )  # fmt: skip
     with output_folder(args.out, overwrite=args.overwrite) as tmp:
-        paths = [Path(args.out) / p.name for p in write_report(result, tmp, command_line(args))]
+        written = _analyse(args, args.seed, tmp, command_line(args))
+    paths = [Path(args.out) / p.name for p in written]
+    result = json.loads((Path(args.out) / "analysis.json").read_text())
     ref = result["reference"]
     print(f"accuracy: base {ref['base']['accuracy']:.3f}, RL {ref['rl']['accuracy']:.3f}")
-    for direction, shares in recovery_shares(result).items():
+    for direction, shares in result["recovery_shares"].items():
         shown = ", ".join(f"{m} {'-' if v is None else f'{100 * v:.1f}%'}" for m, v in shares.items())
         print(f"{direction}: share replaced for 90% of the gap: {shown}")
     print("wrote " + ", ".join(str(p) for p in paths))

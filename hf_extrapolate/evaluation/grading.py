@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -161,3 +161,10 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     if len(values) < 2:
         return mean, math.nan
     return mean, stats.t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def over_seeds(per_seed: Mapping[int, float], level: float = 0.95) -> dict[str, Any]:
+    """One quantity measured once per seed (an accuracy, or a paired difference computed within each seed) as
+    ``{"mean", "ci95", "per_seed"}``: its mean over seeds and the half-width of the Student-t interval over them."""
+    mean, half = mean_interval(list(per_seed.values()), level)
+    return {"mean": mean, "ci95": half, "per_seed": dict(per_seed)}

@@ -24,10 +24,12 @@ def generate(
     do_sample: bool = True,
     seed: int = 0,
     batch_size: int = 64,
+    top_p: float = 1.0,
     logits_processor: Sequence[LogitsProcessor] = (),
     desc: str = "generate",
 ) -> list[list[str]]:
-    """`k` completions per problem (sampled at temperature 1, or greedy), in the paper's prompt format."""
+    """`k` completions per problem (sampled at temperature 1 and ``top_p``, or greedy), in the paper's prompt
+    format."""
     prompts = [format_prompt(p["problem"], tokenizer) for p in problems]
     torch.manual_seed(seed)
     out: list[list[str]] = []
@@ -41,7 +43,7 @@ def generate(
                 **batch,
                 do_sample=do_sample,
                 temperature=1.0 if do_sample else None,
-                top_p=1.0 if do_sample else None,
+                top_p=top_p if do_sample else None,
                 top_k=0 if do_sample else None,
                 num_return_sequences=k,
                 max_new_tokens=MAX_NEW_TOKENS,

@@ -8,17 +8,15 @@ sampling settings (temperature 1, top-p 1) inside the processor, and temperature
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_extrapolate.evaluation.grading import avg_at_k, mean_interval
-from hf_extrapolate.outputs import check_output_folder, output_folder
+from hf_extrapolate.evaluation.grading import avg_at_k, mean_interval, over_seeds
+from hf_extrapolate.outputs import cached_json, check_output_folder, output_folder, settings_key
 from hf_extrapolate.toy.evaluate import generate
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
@@ -135,14 +133,9 @@ def across_seeds(runs: dict[int, list[Method]]) -> dict[str, Any]:
     """Sampled accuracy of each method as mean ± 95% Student-t interval over seeds, and each paired difference of
     `comparisons` the same way (per seed first, then over seeds): the RL gain over the base model among them."""
     first = next(iter(runs.values()))
-
-    def interval(values: list[float]) -> dict[str, Any]:
-        mean, half = mean_interval(values)
-        return {"mean": mean, "ci95": half, "per_seed": dict(zip(runs, values, strict=True))}
-
-    methods_ = {m.name: interval([_accuracy(ms, m.name) for ms in runs.values()]) for m in first}
+    methods_ = {m.name: over_seeds({s: _accuracy(ms, m.name) for s, ms in runs.items()}) for m in first}
     pairs = [("RL", "base"), *comparisons(first)]
-    differences = {f"{a} − {b}": interval([_accuracy(ms, a) - _accuracy(ms, b) for ms in runs.values()])
+    differences = {f"{a} − {b}": over_seeds({s: _accuracy(ms, a) - _accuracy(ms, b) for s, ms in runs.items()})
                    for a, b in pairs}  # fmt: skip
     return {"seeds": list(runs), "methods": methods_, "differences": differences}
 
@@ -172,26 +165,22 @@ def seed_results(seed: int, args: argparse.Namespace) -> tuple[list[Method], dic
 
     rl_dir, base_dir = pair_paths(seed=seed)
     ms = methods()
-    key = hashlib.sha256(json.dumps([RESULTS_VERSION, args.n_problems, args.samples, seed,
-                                     [(m.name, m.settings) for m in ms]]).encode()).hexdigest()[:12]  # fmt: skip
-    cached = rl_dir.parent / "results" / f"quickstart-{rl_dir.name}-{key}.json"
+    key = settings_key(RESULTS_VERSION, args.n_problems, args.samples, seed, [(m.name, m.settings) for m in ms])
     info = {"seed": seed, "rl": str(rl_dir), "base": str(base_dir)}
-    if cached.is_file():
-        print(f"hf-extrapolate quickstart: seed {seed} already evaluated; reusing {cached}", file=sys.stderr)
-        done = json.loads(cached.read_text())
+
+    def compute() -> dict[str, Any]:
+        with no_transformers_bars():
+            rl, base, tokenizer = load_pair(str(rl_dir), str(base_dir), dtype="float32")
+        models = {"rl": rl, "base": base}
+        problems = make_problems("test", args.n_problems, seed=seed)
         for m in ms:
-            m.results = done["results"][m.name]
-        return ms, info
-    with no_transformers_bars():
-        rl, base, tokenizer = load_pair(str(rl_dir), str(base_dir), dtype="float32")
-    models = {"rl": rl, "base": base}
-    problems = make_problems("test", args.n_problems, seed=seed)
+            evaluate(m, models, tokenizer, problems, args.samples, seed)
+        return {**info, "results": {m.name: m.results for m in ms}}
+
+    path = rl_dir.parent / "results" / f"quickstart-{rl_dir.name}-{key}.json"
+    done = cached_json(path, compute, f"quickstart of seed {seed}")
     for m in ms:
-        evaluate(m, models, tokenizer, problems, args.samples, seed)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**info, "results": {m.name: m.results for m in ms}}, indent=2))
-    tmp.replace(cached)  # whole or not at all: an interrupted seed is evaluated again next time
+        m.results = done["results"][m.name]
     return ms, info
 
 
