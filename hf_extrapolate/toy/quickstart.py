@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 DESCRIPTION = """\
-Train the toy base/RL pair once (SFT, then GRPO: about 6 minutes on a quiet 2-core machine; cached for every later
+Train the toy base/RL pair once (SFT, then GRPO: about 9 minutes on a quiet 2-core machine; cached for every later
 run), then score base, RL, full and selective extrapolation on held-out problems (about 1 minute), print the table
 and write quickstart.json and accuracy_vs_gamma.png to --out."""
 

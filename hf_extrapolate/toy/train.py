@@ -69,7 +69,7 @@ class ToySettings:
     sft_lr: float = 2e-3
     sft_batch_size: int = 64
     # GRPO (the DAPO recipe: no KL, clip 0.2/0.28, token-level normalisation)
-    grpo_steps: int = 300
+    grpo_steps: int = 100
     grpo_prompts: int = 8
     num_generations: int = 8
     grpo_lr: float = 1e-4
@@ -422,9 +422,10 @@ def _build_once(target: Path, build: Callable[[Path], None], announce: Callable[
     return target
 
 
-# Seconds per unit of `_work` on a quiet 2-core machine: `time hf-extrapolate train-toy --seed 2` with 40000 SFT
-# problems and 150 GRPO steps of 8 × 8 rollouts took 5 min 32 s, of which GRPO 103 s (docs/RESULTS.md)
-QUIET_RATE = {"base": (332 - 103) / 40000, "rl": 103 / (150 * 8 * 8)}
+# Seconds per unit of `_work` on a quiet 2-core machine, from the default seed-0 pair's `toy_settings.json` when
+# `hf-extrapolate quickstart` trained it from nothing (2026-12-01): SFT of 60000 problems 448 s, and GRPO of 100
+# steps × 8 × 8 rollouts 100 s (docs/RESULTS.md)
+QUIET_RATE = {"base": 448 / 60000, "rl": 100 / (100 * 8 * 8)}
 
 
 def _work(settings: ToySettings, stage: str) -> float:
