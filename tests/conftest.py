@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 from pathlib import Path
 
@@ -113,3 +114,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child the test will Ctrl-C: restore SIGINT's default action, as a terminal has it. A job
+    started in the background (`cmd &` in a script, `nohup`) begins with SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import default_sigint
 
 from hf_extrapolate.cli import Terminated, main
 from hf_extrapolate.evaluation.lm_eval_model import ExtrapolatedHFLM
@@ -124,7 +125,7 @@ def test_ctrl_c_while_generating_exits_130_and_keeps_the_text(pair_dir, tmp_path
         (rl / name).write_text(json.dumps(config))
     cmd = [sys.executable, "-m", "hf_extrapolate.cli", "generate", "--rl", str(rl), "--base", str(pair_dir / "base"),
            "--prompt", "12+3=", "--max-new-tokens", "1000000", "--gamma", "0.5"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     first = proc.stdout.read(1)  # the stream has begun
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import default_sigint
 from filelock import FileLock
 from safetensors.torch import save_file
 from test_toy import TINY
@@ -49,7 +50,9 @@ def leftovers(root: Path) -> list[str]:
 
 def train_toy(root: Path, *extra: str, **kwargs) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hf_extrapolate.cli", "train-toy", "--cache-dir", str(root), *SETS, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **kwargs
+    )
 
 
 def model_folder(folder: Path, info: dict | None = None) -> Path:
