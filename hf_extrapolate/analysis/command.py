@@ -25,7 +25,7 @@ from .experiment import (
     check_sweep,
     run_analysis,
 )
-from .report import write_report
+from .report import recovery_shares, write_report
 from .seeds import write_seeds_report
 
 
@@ -150,15 +150,16 @@ def _sampling(args: argparse.Namespace, seed: int) -> Sampling:
     )  # fmt: skip
 
 
-def _analyse(args: argparse.Namespace, seed: int, out: Path, command: str) -> list[Path]:
-    """The analysis of the pair in ``args.rl``/``args.base`` with problems and sampling of ``seed``, into ``out``."""
+def _analyse(args: argparse.Namespace, seed: int, out: Path, command: str) -> tuple[dict[str, Any], list[Path]]:
+    """The analysis of the pair in ``args.rl``/``args.base`` with problems and sampling of ``seed``, written into
+    ``out``: the result and the files."""
     problems, grader, prompt = load_data(args.data, args.n_problems, seed, args.grader)
     rl_model, base_model, tokenizer = load_from_args(args)
     result = run_analysis(
         rl_model, base_model, tokenizer, problems, grader, prompt, _sampling(args, seed),
         metrics=_list(args.metrics), shares=_shares(args.shares), directions=_list(args.directions),
     )  # fmt: skip
-    return write_report(result, out, command)
+    return result, write_report(result, out, command)
 
 
 ANALYSIS_VERSION = 1  # part of a seed's cache key: bump it when a change here changes what a seed's run gives
@@ -215,12 +216,11 @@ def run(args: argparse.Namespace) -> int:
         return run_seeds(args)
     args.rl, args.base = resolve_pair(args)
     with output_folder(args.out, overwrite=args.overwrite) as tmp:
-        written = _analyse(args, args.seed, tmp, command_line(args))
+        result, written = _analyse(args, args.seed, tmp, command_line(args))
     paths = [Path(args.out) / p.name for p in written]
-    result = json.loads((Path(args.out) / "analysis.json").read_text())
     ref = result["reference"]
     print(f"accuracy: base {ref['base']['accuracy']:.3f}, RL {ref['rl']['accuracy']:.3f}")
-    for direction, shares in result["recovery_shares"].items():
+    for direction, shares in recovery_shares(result).items():
         shown = ", ".join(f"{m} {'-' if v is None else f'{100 * v:.1f}%'}" for m, v in shares.items())
         print(f"{direction}: share replaced for 90% of the gap: {shown}")
     print("wrote " + ", ".join(str(p) for p in paths))
